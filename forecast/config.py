@@ -1,0 +1,31 @@
+"""Where things live. One place for paths and settings, overridable by env.
+
+FORECAST_HOME     project root holding data/ and models/ (default: this checkout)
+FORECAST_DB_URL   SQLAlchemy URL of the evidence store (default: SQLite file)
+FORECAST_RUNS_DIR fitted runs (default: <home>/models/runs)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("FORECAST_HOME", Path(__file__).resolve().parent.parent))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("FORECAST_DATA_DIR", home() / "data"))
+
+
+def priors_dir() -> Path:
+    return Path(os.environ.get("FORECAST_PRIORS_DIR", home() / "models" / "priors"))
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("FORECAST_RUNS_DIR", home() / "models" / "runs"))
+
+
+def db_url() -> str:
+    return os.environ.get("FORECAST_DB_URL", f"sqlite:///{home() / 'forecast.db'}")

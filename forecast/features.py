@@ -1,0 +1,174 @@
+"""Features: the theater × day panel, built only from evidence known by each day.
+
+A row of evidence becomes *visible* on the day an analyst could have known it
+(`reported`, else `date`; for an exercise, the day its schedule was announced).
+The covariate of theater c on day t uses only rows visible by t — and, for a
+forecast or an as-of fit, by the cut date as well. The same function computes
+covariates for past days (fitting, history) and future days (forecasting), so
+the two can never disagree about what was known when.
+
+Force level is not computed here: the troop estimates go to stage 1 of the
+model (`forecast.model`), which returns the filtered level.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from forecast.schema import SIGN_CATEGORIES, SOURCE_TYPES, Evidence, Theater
+
+ARRIVAL_WINDOW_DAYS = 30
+STATIC = (
+    ["exercise", "overstay", "unit_arrivals"]
+    + [f"sign_{c}" for c in SIGN_CATEGORIES]
+    + ["claim_unverified", "claim_verified"]
+)
+FORCE = ["force_level", "force_growth"]
+INDICATORS = FORCE + STATIC  # the order of the hazard's beta vector
+FORCE_GROWTH_DAYS = 28
+NEVER = np.datetime64("9999-12-31")
+
+
+def day(d: dt.date) -> np.datetime64:
+    return np.datetime64(d, "D")
+
+
+def visible_on(row: Evidence) -> dt.date:
+    return row.known_on
+
+
+@dataclass
+class TroopObs:
+    """Troop estimates of one theater, for stage 1."""
+
+    date: np.ndarray  # datetime64[D], the day the estimate held
+    visible: np.ndarray  # datetime64[D], first day it was known
+    log_estimate: np.ndarray
+    source_type: np.ndarray  # index into SOURCE_TYPES
+    source: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.date)
+
+
+@dataclass
+class TheaterPanel:
+    """One theater's at-risk days and what was known on each."""
+
+    theater: Theater
+    rows: list[Evidence]  # the visible evidence (after the cut), outcome excluded
+    days: np.ndarray  # datetime64[D], first to last at-risk day
+    static: np.ndarray  # (days, len(STATIC))
+    event: np.ndarray  # (days,) 1 on the escalation day, else 0
+    troops: TroopObs
+    cut: np.datetime64  # nothing visible after this day was used
+
+    @property
+    def id(self) -> str:
+        return self.theater.id
+
+    @property
+    def log_garrison(self) -> float | None:
+        return float(np.log(self.theater.garrison)) if self.theater.garrison else None
+
+
+def troop_obs(rows: list[Evidence]) -> TroopObs:
+    troops = sorted((r for r in rows if r.kind == "troops"), key=lambda r: (r.date, r.source))
+    return TroopObs(
+        date=np.array([day(r.date) for r in troops], dtype="datetime64[D]"),
+        visible=np.array([day(visible_on(r)) for r in troops], dtype="datetime64[D]"),
+        log_estimate=np.log([r.estimate for r in troops]),
+        source_type=np.array([SOURCE_TYPES.index(r.source_type) for r in troops], dtype=int),
+        source=[r.source for r in troops],
+    )
+
+
+def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64 = NEVER) -> np.ndarray:
+    """Covariates in STATIC order for each day, from rows visible by min(day, cut)."""
+    days = np.asarray(days, dtype="datetime64[D]")
+    known_by = np.minimum(days, cut)
+    out = np.zeros((len(days), len(STATIC)))
+    col = {name: i for i, name in enumerate(STATIC)}
+
+    def seen(row) -> np.ndarray:
+        # A row counts from the later of the day it held and the day it became known.
+        return (day(visible_on(row)) <= known_by) & (day(row.date) <= days)
+
+    exercises = [r for r in rows if r.kind == "exercise"]
+    for r in exercises:
+        announced = day(visible_on(r)) <= known_by
+        out[:, col["exercise"]] += announced & (day(r.start) <= days) & (days <= day(r.end))
+    out[:, col["exercise"]] = np.minimum(out[:, col["exercise"]], 1)
+    out[:, col["overstay"]] = _overstay(rows, exercises, days, known_by)
+
+    arrivals = np.zeros(len(days))
+    for r in (r for r in rows if r.kind == "unit_move"):
+        weight = (1 if r.direction == "arrive" else -1) * (1 + (r.distance_km or 0) / 1000)
+        recent = (days - day(r.date)).astype(int) < ARRIVAL_WINDOW_DAYS
+        arrivals += weight * (seen(r) & recent)
+    out[:, col["unit_arrivals"]] = np.sign(arrivals) * np.log1p(np.abs(arrivals))
+
+    for r in rows:
+        if r.kind == "sign":
+            target = col[f"sign_{r.category}"]
+        elif r.kind == "claim":
+            target = col["claim_verified" if r.verified else "claim_unverified"]
+        else:
+            continue
+        out[:, target] = np.maximum(out[:, target], seen(r))
+    return out
+
+
+def _overstay(rows, exercises, days, known_by) -> np.ndarray:
+    """1 once a scheduled exercise end has passed with no verified withdrawal since."""
+    groups: dict[str, list] = {}
+    for r in exercises:
+        groups.setdefault(r.name.removesuffix(" (extended)").strip(), []).append(r)
+    withdrawals = [r for r in rows if r.kind == "claim" and r.verified]
+    out = np.zeros(len(days))
+    for group in groups.values():
+        # The latest scheduled end known by each day (an extension moves it).
+        end = np.full(len(days), np.datetime64("NaT"), dtype="datetime64[D]")
+        for r in group:
+            known = day(visible_on(r)) <= known_by
+            end = np.where(known & ((end < day(r.end)) | np.isnat(end)), day(r.end), end)
+        passed = ~np.isnat(end) & (end < days)
+        for w in withdrawals:
+            withdrew = (day(visible_on(w)) <= known_by) & (day(w.date) <= days) & (day(w.date) >= end)
+            passed &= ~withdrew
+        out = np.maximum(out, passed)
+    return out
+
+
+def build_panel(theater: Theater, evidence: list[Evidence], cut: dt.date | None = None) -> TheaterPanel:
+    """The panel of one theater. `cut`: the as-of date; None for a closed case (its outcome ends it)."""
+    outcome = next((r for r in evidence if r.kind == "outcome"), None)
+    cut_day = day(cut) if cut else NEVER
+    rows = [r for r in evidence if r.kind != "outcome" and day(visible_on(r)) <= cut_day]
+    if cut is not None:
+        last, event_day = cut_day, None  # an as-of fit never sees the outcome
+    elif outcome is not None:
+        last = day(outcome.date)
+        event_day = last if outcome.escalated else None
+    else:
+        raise ValueError(f"theater {theater.id} is open: give an as-of date")
+    days = np.arange(day(theater.start), last + 1, dtype="datetime64[D]")
+    event = (days == event_day).astype(int) if event_day is not None else np.zeros(len(days), dtype=int)
+    return TheaterPanel(theater, rows, days, static_covariates(rows, days, cut_day), event,
+                        troop_obs(rows), cut_day)
+
+
+def data_hash(panels: list[TheaterPanel]) -> str:
+    """Hash of exactly the evidence and labels a fit used."""
+    digest = hashlib.sha256()
+    for p in sorted(panels, key=lambda p: p.id):
+        digest.update(p.theater.model_dump_json().encode())
+        digest.update(str(p.days[-1]).encode() + p.event.tobytes())
+        for r in sorted(p.rows, key=lambda r: json.dumps(r.key(), default=str)):
+            digest.update(r.model_dump_json().encode())
+    return digest.hexdigest()[:16]

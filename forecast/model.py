@@ -1,0 +1,290 @@
+r"""The escalation model (DESIGN §5): two stages, fitted in order ("cut").
+
+Stage 1 — force level. Each theater's log force level is a Brownian random
+walk in weeks from the crisis start,
+
+    L_c(t) = L_c(0) + drift * W(t),   L_c(0) ~ Normal(MU0, TAU0),
+
+seen through every troop estimate i of source type s(i):
+
+    log(estimate_i) ~ Normal(L_c(t_i) + bias[s(i)], noise[s(i)]),
+
+with `bias` summing to zero over source types (only relative biases are
+identifiable) and bias, noise, drift pooled across theaters. The model is
+linear and Gaussian, so L is integrated out in closed form: each theater's
+estimates are one multivariate normal. Stage 1 never sees an outcome, so
+whether a war followed cannot revise the force level.
+
+Filtering. For each stage-1 draw the *filtered* level (estimates known by day
+t only) has a closed-form mean and variance (Gaussian conditioning). The hazard
+sees it through K imputation paths per theater, each from a different stage-1
+draw plus its filtering uncertainty, as log2 ratios:
+
+    force_level  = (L(t) - baseline) / ln 2      (baseline: garrison, else first filtered level)
+    force_growth = (L(t) - L(t - 28 days)) / ln 2
+
+Stage 2 — hazard. A discrete-time hazard of escalation onset over
+theater-days, partially pooled (non-centred):
+
+    logit h[c,t] = alpha + sigma_theater * z_c + sum_j beta_j x[c,t,j],   z_c ~ Normal(0, 1)
+    y[c,t] ~ Bernoulli(h[c,t])  over at-risk days (event day last; censored days all 0)
+
+The measurement error of the force covariates is integrated by simulated
+likelihood over the K paths of each theater:
+
+    log p(y_c) = log mean_k prod_t p(y[c,t] | x_k[c,t])
+
+Priors for alpha, beta and sigma_theater come from the analyst's profile
+(`forecast.priors`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import arviz as az
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+import xarray as xr
+from pymc_extras.prior import Prior
+
+from forecast.features import FORCE, FORCE_GROWTH_DAYS, INDICATORS, STATIC, TheaterPanel
+from forecast.priors import Profile
+from forecast.schema import SOURCE_TYPES
+
+MU0, TAU0 = np.log(50_000), 2.0  # prior on a theater's initial log force level: wide
+N_PATHS = 12  # imputation paths of the filtered force level per theater
+LN2 = np.log(2)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    draws: int = 500
+    tune: int = 700
+    chains: int = 4
+    cores: int = 2
+    target_accept: float = 0.9
+    seed: int = 20220224
+    sampler: str = "nutpie"  # or "pymc"
+    progressbar: bool = True
+
+
+# --- stage 1: force level --------------------------------------------------------
+
+
+def _weeks(days: np.ndarray, origin: np.datetime64) -> np.ndarray:
+    return (days - origin).astype(float) / 7.0
+
+
+def _origin(panel: TheaterPanel) -> np.datetime64:
+    start = np.datetime64(panel.theater.start, "D")
+    return min(start, panel.troops.date.min()) if len(panel.troops) else start
+
+
+def stage1_blocks(panels: list[TheaterPanel]) -> dict[str, np.ndarray]:
+    """Troop estimates of every theater padded to equal-size blocks (one block per theater).
+
+    Padding entries are independent standard normals observed at 0: a constant
+    in the likelihood, so they do not move the posterior.
+    """
+    with_troops = [p for p in panels if len(p.troops)]
+    size = max(len(p.troops) for p in with_troops)
+    n = len(with_troops)
+    y, weeks = np.zeros((n, size)), np.zeros((n, size))
+    source, real = np.zeros((n, size), dtype=int), np.zeros((n, size), dtype=bool)
+    for b, p in enumerate(with_troops):
+        m = len(p.troops)
+        y[b, :m] = p.troops.log_estimate
+        weeks[b, :m] = _weeks(p.troops.date, _origin(p))
+        source[b, :m] = p.troops.source_type
+        real[b, :m] = True
+    return {"y": y, "weeks": weeks, "source": source, "real": real}
+
+
+def build_stage1(panels: list[TheaterPanel]) -> pm.Model:
+    blocks = stage1_blocks(panels)
+    real = blocks["real"]
+    pair = real[:, :, None] & real[:, None, :]
+    tmin = np.minimum(blocks["weeks"][:, :, None], blocks["weeks"][:, None, :]) * pair
+    with pm.Model(coords={"source_type": SOURCE_TYPES}) as model:
+        bias = pm.ZeroSumNormal("bias", sigma=0.5, dims="source_type")
+        noise = pm.HalfNormal("noise", sigma=0.5, dims="source_type")
+        drift = pm.HalfNormal("drift", sigma=0.2)  # sd of the weekly change in log level
+
+        level_cov = (TAU0**2 + drift**2 * tmin) * pair
+        obs_var = pt.where(real, noise[blocks["source"]] ** 2, 1.0)
+        cov = level_cov + obs_var[:, :, None] * np.eye(real.shape[1])
+        mean = pt.where(real, MU0 + bias[blocks["source"]], 0.0)
+        pm.MvNormal("log_estimate", mu=mean, cov=cov, observed=blocks["y"])
+    return model
+
+
+# --- filtering: the level known on each day ------------------------------------------
+
+
+def filtered_level(panel: TheaterPanel, bias, noise, drift, days: np.ndarray):
+    """Mean and variance (draws × days) of L(t) given the estimates visible by each day.
+
+    `bias`, `noise`: (draws, source types); `drift`: (draws,). Days with no
+    visible estimate get NaN (no information about the level).
+    """
+    draws = len(drift)
+    mean = np.full((draws, len(days)), np.nan)
+    var = np.full((draws, len(days)), np.nan)
+    obs = panel.troops
+    if not len(obs):
+        return mean, var
+    origin = _origin(panel)
+    t_obs = _weeks(obs.date, origin)
+    t_days = _weeks(days, origin)
+    known_by = np.minimum(days, panel.cut)
+    for epoch in np.unique(obs.visible):
+        idx = np.flatnonzero(obs.visible <= epoch)
+        in_epoch = known_by >= epoch
+        later = obs.visible[obs.visible > epoch]
+        if later.size:
+            in_epoch &= known_by < later.min()
+        if not in_epoch.any():
+            continue
+        t = t_obs[idx]
+        s = obs.source_type[idx]
+        t_star = t.max()
+        K = TAU0**2 + drift[:, None, None] ** 2 * np.minimum(t[:, None], t[None, :])
+        K = K + np.eye(len(idx)) * noise[:, s][:, :, None] ** 2
+        k = TAU0**2 + drift[:, None] ** 2 * t[None, :]  # Cov(L(t*), y), since t_i <= t*
+        resid = obs.log_estimate[idx][None, :] - MU0 - bias[:, s]
+        solved = np.linalg.solve(K, np.stack([resid, k], axis=-1))
+        m_star = MU0 + np.einsum("di,di->d", k, solved[..., 0])
+        v_star = TAU0**2 + drift**2 * t_star - np.einsum("di,di->d", k, solved[..., 1])
+        ahead = np.maximum(t_days[in_epoch] - t_star, 0)
+        mean[:, in_epoch] = m_star[:, None]
+        var[:, in_epoch] = v_star[:, None] + drift[:, None] ** 2 * ahead[None, :]
+    return mean, np.maximum(var, 0)
+
+
+def force_paths(panel: TheaterPanel, stage1: xr.Dataset, days: np.ndarray, picks: np.ndarray,
+                shocks: np.ndarray) -> np.ndarray:
+    """Force covariates (paths × days × 2) from stage-1 draws `picks` and shocks `shocks`."""
+    bias = stage1["bias"].values[picks]
+    noise = stage1["noise"].values[picks]
+    drift = stage1["drift"].values[picks]
+    mean, var = filtered_level(panel, bias, noise, drift, days)
+    level = mean + np.sqrt(var) * shocks[:, None]
+    out = np.zeros((len(picks), len(days), 2))
+    if np.isnan(level).all():
+        return out
+    first = np.argmax(~np.isnan(level[0]))
+    level = np.where(np.isnan(level), level[:, [first]], level)  # before any estimate: flat
+    baseline = panel.log_garrison if panel.log_garrison is not None else level[:, [first]]
+    out[..., 0] = (level - baseline) / LN2
+    lagged = np.concatenate([np.repeat(level[:, :1], FORCE_GROWTH_DAYS, axis=1), level], axis=1)
+    out[..., 1] = (level - lagged[:, : len(days)]) / LN2
+    return out
+
+
+# --- stage 2: hazard -------------------------------------------------------------------
+
+
+def build_stage2(panels: list[TheaterPanel], x_force: np.ndarray, profile: Profile) -> pm.Model:
+    """x_force: (paths, rows, 2), rows in panel order."""
+    x_static = np.concatenate([p.static for p in panels])
+    event = np.concatenate([p.event for p in panels]).astype(float)
+    theater = np.concatenate([np.full(len(p.days), i) for i, p in enumerate(panels)])
+    rows_of = np.eye(len(panels))[theater]  # (rows, theaters): sums rows per theater
+    mu, sigma = profile.beta_priors()
+    coords = {"indicator": INDICATORS, "theater": [p.id for p in panels]}
+    with pm.Model(coords=coords) as model:
+        alpha = profile.alpha_prior().create_variable("alpha")
+        beta = Prior("Normal", mu=mu, sigma=sigma, dims="indicator").create_variable("beta")
+        sigma_theater = profile.spread_prior().create_variable("sigma_theater")
+        z = pm.Normal("z", 0.0, 1.0, dims="theater")  # non-centred theater effects
+
+        eta_static = alpha + sigma_theater * z[theater] + pt.dot(x_static, beta[len(FORCE):])
+        eta = eta_static[None, :] + pt.dot(x_force, beta[: len(FORCE)])  # (paths, rows)
+        loglik_rows = event * pt.log(pt.sigmoid(eta)) + (1 - event) * pt.log(pt.sigmoid(-eta))
+        per_theater = pt.dot(loglik_rows, rows_of)  # (paths, theaters)
+        loglik = pt.logsumexp(per_theater, axis=0) - np.log(x_force.shape[0])
+        pm.Potential("hazard_likelihood", loglik.sum())
+    return model
+
+
+# --- fitting -----------------------------------------------------------------------------
+
+
+def sample(model: pm.Model, settings: SamplerSettings, var_names: list[str], label: str) -> az.InferenceData:
+    """NUTS with the configured sampler; returns InferenceData with sample_stats."""
+    if settings.progressbar:
+        print(f"sampling {label} ({settings.chains} chains x {settings.draws} draws, {settings.sampler})", flush=True)
+    with model:
+        if settings.sampler == "nutpie":
+            import nutpie
+
+            compiled = nutpie.compile_pymc_model(model, var_names=var_names)
+            return nutpie.sample(compiled, draws=settings.draws, tune=settings.tune, chains=settings.chains,
+                                 cores=settings.cores, seed=settings.seed, target_accept=settings.target_accept,
+                                 progress_bar=settings.progressbar)
+        return pm.sample(draws=settings.draws, tune=settings.tune, chains=settings.chains, cores=settings.cores,
+                         random_seed=settings.seed, target_accept=settings.target_accept,
+                         progressbar=settings.progressbar, var_names=var_names, compute_convergence_checks=False)
+
+
+@dataclass
+class Fit:
+    """A fitted model: what prediction and the run store need."""
+
+    panels: list[TheaterPanel]
+    target: str
+    profile: Profile
+    stage1: az.InferenceData
+    stage2: az.InferenceData
+    x_force: np.ndarray  # (paths, rows, 2)
+    picks: np.ndarray  # stage-1 draw index per path
+    shocks: np.ndarray  # filtering shock per path and theater: (paths, theaters)
+    seconds: dict
+
+    def panel(self, theater: str) -> TheaterPanel:
+        return next(p for p in self.panels if p.id == theater)
+
+    @property
+    def stage1_draws(self) -> xr.Dataset:
+        return self.stage1.posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
+
+
+def all_force_paths(panels, stage1_draws: xr.Dataset, picks, shocks) -> np.ndarray:
+    return np.concatenate([force_paths(p, stage1_draws, p.days, picks, shocks[:, i])
+                           for i, p in enumerate(panels)], axis=1)
+
+
+def fit(panels: list[TheaterPanel], target: str, profile: Profile, settings: SamplerSettings) -> Fit:
+    """Stage 1, then the filtered force paths, then stage 2."""
+    seconds = {}
+    rng = np.random.default_rng(settings.seed)
+    started = time.perf_counter()
+    stage1 = sample(build_stage1(panels), settings, ["bias", "noise", "drift"], "stage 1: force level")
+    seconds["stage1"] = time.perf_counter() - started
+
+    draws1 = stage1.posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
+    picks = rng.choice(draws1.sizes["sample"], size=N_PATHS, replace=False)
+    shocks = rng.standard_normal((N_PATHS, len(panels)))
+    x_force = all_force_paths(panels, draws1, picks, shocks)
+
+    started = time.perf_counter()
+    stage2 = sample(build_stage2(panels, x_force, profile), settings, ["alpha", "beta", "sigma_theater", "z"],
+                    "stage 2: hazard")
+    seconds["stage2"] = time.perf_counter() - started
+    return Fit(panels, target, profile, stage1, stage2, x_force, picks, shocks, seconds)
+
+
+def diagnostics(fit: Fit) -> dict:
+    """Convergence over both stages: max R-hat, min bulk ESS, divergences."""
+    r_hat, ess, divergences = [], [], 0
+    for idata in (fit.stage1, fit.stage2):
+        summary = az.summary(idata, kind="diagnostics")
+        r_hat.append(float(summary["r_hat"].max()))
+        ess.append(float(summary["ess_bulk"].min()))
+        divergences += int(idata.sample_stats["diverging"].sum())
+    return {"r_hat_max": max(r_hat), "ess_bulk_min": min(ess), "divergences": divergences,
+            "sampling_seconds": round(sum(fit.seconds.values()), 2),
+            "stage_seconds": {k: round(v, 2) for k, v in fit.seconds.items()}}

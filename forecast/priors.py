@@ -1,0 +1,233 @@
+"""Prior profiles: analyst statements in the analyst's terms → PyMC priors.
+
+A profile (models/priors/<name>.toml) states
+- base_rate: P(a build-up with no special signs escalates within 90 days), with an 80% range;
+- indicators.<name>: a likelihood ratio ("seeing this makes escalation N times
+  more likely") with an 80% range;
+- theater_spread: the odds ratio by which a theater may differ from the
+  reference class (90% prior bound).
+PreliZ fits each distribution to its stated range; the result is a
+`pymc_extras.prior.Prior`, which both builds the PyMC variable and serialises.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pymc_extras.prior import Prior
+from scipy import stats
+
+from forecast import config
+from forecast.features import INDICATORS
+
+BASE_RATE_DAYS = 90
+RANGE_MASS = 0.8  # a stated range holds 80% of the prior
+SPREAD_MASS = 0.9
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class Stated:
+    """One analyst statement: a central value, an 80% range and a why."""
+
+    value: float
+    low: float
+    high: float
+    rationale: str
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    base_rate: Stated
+    theater_spread: Stated  # value = odds ratio at the 90% bound; low/high unused
+    indicators: dict[str, Stated]
+    text: str  # the TOML as written, for hashing and saving
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    # --- analyst terms → model scale -------------------------------------------------
+
+    def alpha_prior(self) -> Prior:
+        """Daily baseline log-odds, from the 90-day base rate."""
+        return _normal_on(daily_logit(self.base_rate.value), daily_logit(self.base_rate.low),
+                          daily_logit(self.base_rate.high))
+
+    def beta_prior(self, indicator: str) -> Prior:
+        s = self.indicators[indicator]
+        return _normal_on(math.log(s.value), math.log(s.low), math.log(s.high))
+
+    def beta_priors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, sigma) vectors in INDICATORS order."""
+        priors = [self.beta_prior(name) for name in INDICATORS]
+        return (np.array([p.parameters["mu"] for p in priors]), np.array([p.parameters["sigma"] for p in priors]))
+
+    def spread_prior(self) -> Prior:
+        return _halfnormal_below(math.log(self.theater_spread.value))
+
+    def log_density(self, alpha, beta, sigma_theater) -> np.ndarray:
+        """Log prior density of hazard parameters per draw (for importance reweighting)."""
+        a = self.alpha_prior().parameters
+        mu, sd = self.beta_priors()
+        s = self.spread_prior().parameters["sigma"]
+        return (stats.norm.logpdf(alpha, a["mu"], a["sigma"])
+                + stats.norm.logpdf(beta, mu, sd).sum(axis=-1)
+                + stats.halfnorm.logpdf(sigma_theater, scale=s))
+
+    def with_values(self, base_rate: Stated | None = None, indicators: dict[str, Stated] | None = None,
+                    name: str | None = None) -> "Profile":
+        """A changed copy (dashboard edits); its text is re-rendered so the hash follows."""
+        changed = Profile(name or self.name, self.description, base_rate or self.base_rate,
+                          self.theater_spread, {**self.indicators, **(indicators or {})}, "")
+        return Profile(changed.name, changed.description, changed.base_rate, changed.theater_spread,
+                       changed.indicators, render(changed))
+
+
+def daily_logit(p90: float) -> float:
+    """Constant daily hazard h with 1-(1-h)^90 = p90, on the log-odds scale."""
+    h = 1 - (1 - p90) ** (1 / BASE_RATE_DAYS)
+    return math.log(h / (1 - h))
+
+
+@functools.lru_cache(maxsize=512)
+def _normal_on(centre: float, low: float, high: float) -> Prior:
+    import preliz as pz
+
+    fitted = pz.Normal()
+    pz.maxent(fitted, low, high, RANGE_MASS, fixed_params={"mu": centre}, plot=False)
+    return Prior("Normal", mu=float(fitted.mu), sigma=float(fitted.sigma))
+
+
+@functools.lru_cache(maxsize=64)
+def _halfnormal_below(bound: float) -> Prior:
+    import preliz as pz
+
+    fitted = pz.HalfNormal()
+    pz.maxent(fitted, 0, bound, SPREAD_MASS, plot=False)
+    return Prior("HalfNormal", sigma=float(fitted.sigma))
+
+
+# --- reading and writing profiles -----------------------------------------------------
+
+_TOP_KEYS = {"name", "description", "base_rate", "theater_spread", "indicators"}
+_STATED_KEYS = {"value", "range", "rationale", "unit"}
+
+
+def path_of(name: str) -> Path:
+    return config.priors_dir() / f"{name}.toml"
+
+
+def load(name_or_path: str | Path = "default") -> Profile:
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        if not NAME_PATTERN.match(str(name_or_path)):
+            raise ProfileError(f"{name_or_path!r}: not a profile name (lower-case letters, digits, - and _)")
+        path = path_of(str(name_or_path))
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in config.priors_dir().glob("*.toml")))
+        raise ProfileError(f"{path}: no such prior profile (known: {known})")
+    return parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse(text: str, where: str = "<profile>") -> Profile:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ProfileError(f"{where}: not valid TOML: {err}") from None
+    _no_unknown(doc, _TOP_KEYS, where)
+    for key in ("name", "base_rate", "theater_spread", "indicators"):
+        if key not in doc:
+            raise ProfileError(f"{where}: missing key {key!r}")
+    base = _stated(doc["base_rate"], f"{where}: base_rate", probability=True)
+    spread_doc = doc["theater_spread"]
+    _no_unknown(spread_doc, {"value", "rationale"}, f"{where}: theater_spread")
+    spread_value = spread_doc.get("value")
+    if not isinstance(spread_value, (int, float)) or spread_value <= 1:
+        raise ProfileError(f"{where}: theater_spread.value must be an odds ratio above 1")
+    spread = Stated(float(spread_value), 1.0, float(spread_value), str(spread_doc.get("rationale", "")))
+    _no_unknown(doc["indicators"], set(INDICATORS), f"{where}: indicators")
+    missing = [name for name in INDICATORS if name not in doc["indicators"]]
+    if missing:
+        raise ProfileError(f"{where}: indicators missing: {', '.join(missing)}")
+    indicators = {name: _stated(doc["indicators"][name], f"{where}: indicators.{name}") for name in INDICATORS}
+    return Profile(str(doc["name"]), str(doc.get("description", "")), base, spread, indicators, text)
+
+
+def _no_unknown(doc, allowed: set[str], where: str) -> None:
+    if not isinstance(doc, dict):
+        raise ProfileError(f"{where}: expected a table")
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise ProfileError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _stated(doc, where: str, probability: bool = False) -> Stated:
+    _no_unknown(doc, _STATED_KEYS, where)
+    value, rng = doc.get("value"), doc.get("range")
+    if not isinstance(value, (int, float)) or not (isinstance(rng, list) and len(rng) == 2
+                                                   and all(isinstance(x, (int, float)) for x in rng)):
+        raise ProfileError(f"{where}: needs value = number and range = [low, high]")
+    low, high = float(rng[0]), float(rng[1])
+    if low > high:
+        raise ProfileError(f"{where}: range is inverted ({low} > {high})")
+    if low == high:
+        raise ProfileError(f"{where}: range has no width; give low < high")
+    if low <= 0 or (probability and high >= 1):
+        raise ProfileError(f"{where}: range must lie in {'(0, 1)' if probability else '(0, inf)'}")
+    if not low <= value <= high:
+        raise ProfileError(f"{where}: value {value} is outside its range [{low}, {high}]")
+    return Stated(float(value), low, high, str(doc.get("rationale", "")), str(doc.get("unit", "")))
+
+
+def render(profile: Profile) -> str:
+    """The profile as TOML, in the file layout (used by 'Save as profile')."""
+    def stated(s: Stated) -> str:
+        lines = [f"value = {s.value:g}", f"range = [{s.low:g}, {s.high:g}]"]
+        if s.unit:
+            lines.append(f"unit = {_q(s.unit)}")
+        lines.append(f"rationale = {_q(s.rationale)}")
+        return "\n".join(lines)
+
+    parts = [f"name = {_q(profile.name)}", f"description = {_q(profile.description)}", "",
+             "[base_rate]", stated(profile.base_rate), "",
+             "[theater_spread]", f"value = {profile.theater_spread.value:g}",
+             f"rationale = {_q(profile.theater_spread.rationale)}"]
+    for name in INDICATORS:
+        parts += ["", f"[indicators.{name}]", stated(profile.indicators[name])]
+    return "\n".join(parts) + "\n"
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def save(profile: Profile, overwrite: bool = False) -> Path:
+    """Write a profile atomically; never overwrites `default` and never overwrites silently."""
+    if not NAME_PATTERN.match(profile.name):
+        raise ProfileError(f"{profile.name!r}: a profile name is lower-case letters, digits, - and _")
+    if profile.name == "default":
+        raise ProfileError("the default profile is not overwritten; choose another name")
+    path = path_of(profile.name)
+    if path.exists() and not overwrite:
+        raise ProfileError(f"{path} exists; choose another name or confirm overwrite")
+    text = render(profile)
+    parse(text, str(path))  # never write a profile that would not load
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
