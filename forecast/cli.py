@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import sqlalchemy as sa
 import typer
 
 from forecast import config, ingest, store
@@ -43,6 +44,8 @@ def _engine():
 def _import(eng, paths: list[Path], origin: str) -> store.ImportResult:
     try:
         return ingest.import_files(eng, paths, origin)
+    except sa.exc.SQLAlchemyError as err:
+        fail(f"the evidence store refused the import ({type(err).__name__}): {str(err).splitlines()[0]}", 1)
     except ingest.InvalidInput as err:
         typer.echo(f"error: {len(err.problems)} bad row(s); nothing was written:", err=True)
         for problem in err.problems:

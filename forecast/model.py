@@ -55,6 +55,7 @@ from forecast.priors import Profile
 from forecast.schema import SOURCE_TYPES
 
 MU0, TAU0 = np.log(50_000), 2.0  # prior on a theater's initial log force level: wide
+STAGE1_VARS = ["bias", "noise", "drift"]  # the latent knots are not kept: filtering recomputes them
 N_PATHS = 12  # imputation paths of the filtered force level per theater
 LN2 = np.log(2)
 
@@ -83,41 +84,53 @@ def _origin(panel: TheaterPanel) -> np.datetime64:
     return min(start, panel.troops.date.min()) if len(panel.troops) else start
 
 
-def stage1_blocks(panels: list[TheaterPanel]) -> dict[str, np.ndarray]:
-    """Troop estimates of every theater padded to equal-size blocks (one block per theater).
+def stage1_knots(panels: list[TheaterPanel]) -> dict[str, np.ndarray]:
+    """The random walk's knots: each theater's distinct estimate days, in weeks from its origin.
 
-    Padding entries are independent standard normals observed at 0: a constant
-    in the likelihood, so they do not move the posterior.
+    `chain` sums increments along each theater (lower-triangular ones within a
+    theater), `scale_*` give each increment's sd as TAU0 and drift multipliers,
+    `knot` maps every estimate to its knot.
     """
-    with_troops = [p for p in panels if len(p.troops)]
-    size = max(len(p.troops) for p in with_troops)
-    n = len(with_troops)
-    y, weeks = np.zeros((n, size)), np.zeros((n, size))
-    source, real = np.zeros((n, size), dtype=int), np.zeros((n, size), dtype=bool)
-    for b, p in enumerate(with_troops):
-        m = len(p.troops)
-        y[b, :m] = p.troops.log_estimate
-        weeks[b, :m] = _weeks(p.troops.date, _origin(p))
-        source[b, :m] = p.troops.source_type
-        real[b, :m] = True
-    return {"y": y, "weeks": weeks, "source": source, "real": real}
+    weeks, first, knot, y, source = [], [], [], [], []
+    for p in panels:
+        if not len(p.troops):
+            continue
+        t = _weeks(p.troops.date, _origin(p))
+        unique = np.unique(t)
+        knot.extend(len(weeks) + np.searchsorted(unique, t))
+        first.extend([True] + [False] * (len(unique) - 1))
+        weeks.extend(unique)
+        y.extend(p.troops.log_estimate)
+        source.extend(p.troops.source_type)
+    weeks, first = np.array(weeks), np.array(first)
+    gap = np.where(first, weeks, np.diff(weeks, prepend=0.0))  # first knot: time since the origin
+    owner = np.cumsum(first) - 1
+    chain = (owner[:, None] == owner[None, :]) & (np.arange(len(weeks))[:, None] >= np.arange(len(weeks))[None, :])
+    return {"chain": chain.astype(float), "first": first.astype(float), "gap": gap,
+            "knot": np.array(knot), "y": np.array(y), "source": np.array(source)}
 
 
 def build_stage1(panels: list[TheaterPanel]) -> pm.Model:
-    blocks = stage1_blocks(panels)
-    real = blocks["real"]
-    pair = real[:, :, None] & real[:, None, :]
-    tmin = np.minimum(blocks["weeks"][:, :, None], blocks["weeks"][:, None, :]) * pair
-    with pm.Model(coords={"source_type": SOURCE_TYPES}) as model:
+    """Latent log level on knots (non-centred increments), seen through biased, noisy sources."""
+    k = stage1_knots(panels)
+    coords = {"source_type": SOURCE_TYPES, "knot": np.arange(len(k["gap"])), "estimate": np.arange(len(k["y"]))}
+    with pm.Model(coords=coords) as model:
         bias = pm.ZeroSumNormal("bias", sigma=0.5, dims="source_type")
-        noise = pm.HalfNormal("noise", sigma=0.5, dims="source_type")
+        # Gamma(3, .) keeps noise off zero, where a HalfNormal leaves a funnel for rare source types.
+        noise = pm.Gamma("noise", alpha=3.0, beta=3.0 / 0.35, dims="source_type")
         drift = pm.HalfNormal("drift", sigma=0.2)  # sd of the weekly change in log level
 
-        level_cov = (TAU0**2 + drift**2 * tmin) * pair
-        obs_var = pt.where(real, noise[blocks["source"]] ** 2, 1.0)
-        cov = level_cov + obs_var[:, :, None] * np.eye(real.shape[1])
-        mean = pt.where(real, MU0 + bias[blocks["source"]], 0.0)
-        pm.MvNormal("log_estimate", mu=mean, cov=cov, observed=blocks["y"])
+        # First knot centred (each is pinned by its own estimates), later increments non-centred.
+        is_first = k["first"].astype(bool)
+        start = pm.Normal("start", MU0, pt.sqrt(TAU0**2 + drift**2 * k["gap"][is_first]))
+        step = pm.Normal("step", 0.0, 1.0, shape=int((~is_first).sum()))
+        moves = pt.zeros(len(is_first))
+        moves = pt.set_subtensor(moves[np.flatnonzero(is_first)], start)
+        moves = pt.set_subtensor(moves[np.flatnonzero(~is_first)], drift * np.sqrt(k["gap"][~is_first]) * step)
+        level = pt.dot(k["chain"], moves)  # L at each knot
+        src = k["source"]
+        pm.Normal("log_estimate", mu=level[k["knot"]] + bias[src], sigma=noise[src], observed=k["y"],
+                  dims="estimate")
     return model
 
 
@@ -262,7 +275,7 @@ def fit(panels: list[TheaterPanel], target: str, profile: Profile, settings: Sam
     seconds = {}
     rng = np.random.default_rng(settings.seed)
     started = time.perf_counter()
-    stage1 = sample(build_stage1(panels), settings, ["bias", "noise", "drift"], "stage 1: force level")
+    stage1 = sample(build_stage1(panels), settings, STAGE1_VARS, "stage 1: force level")
     seconds["stage1"] = time.perf_counter() - started
 
     draws1 = stage1.posterior.stack(sample=("chain", "draw")).transpose("sample", ...)

@@ -7,11 +7,14 @@ transaction: all rows land or none do.
 Schema versions (upgrades are applied in place by `upgrade`, rows kept):
   1  theaters + six evidence tables
   2  adds `date_precision` to every evidence table and the `evidence_changes` log
+  3  `row_key` holds the SHA-256 of the natural key (long keys overflowed PostgreSQL's index limit)
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import json
 import types
 import typing
@@ -25,7 +28,7 @@ from alembic.operations import Operations
 from forecast import config
 from forecast.schema import KINDS, MODEL_BY_KIND, Evidence, Theater, kind_fields
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 metadata = sa.MetaData()
 
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
@@ -87,7 +90,22 @@ EVIDENCE_TABLES: dict[str, sa.Table] = {kind: _evidence_table(kind) for kind in 
 
 
 def engine(url: str | None = None) -> sa.Engine:
-    return sa.create_engine(url or config.db_url(), future=True)
+    return _engine_for(url or config.db_url())
+
+
+@functools.lru_cache(maxsize=8)
+def _engine_for(url: str) -> sa.Engine:
+    """One engine (and connection pool) per URL for the life of the process."""
+    eng = sa.create_engine(url)
+    if eng.dialect.name == "sqlite":
+        @sa.event.listens_for(eng, "connect")
+        def _foreign_keys(dbapi_connection, _record):  # SQLite leaves them off by default
+            dbapi_connection.execute("PRAGMA foreign_keys=ON")
+    return eng
+
+
+def digest(readable_key: str) -> str:
+    return hashlib.sha256(readable_key.encode("utf-8")).hexdigest()
 
 
 # --- schema version and upgrades -------------------------------------------------
@@ -106,7 +124,13 @@ def _upgrade_1_to_2(conn: sa.Connection) -> None:
     evidence_changes.create(conn)
 
 
-UPGRADES = {1: _upgrade_1_to_2}
+def _upgrade_2_to_3(conn: sa.Connection) -> None:
+    for table in EVIDENCE_TABLES.values():
+        for row_id, key in conn.execute(sa.select(table.c.id, table.c.row_key)).all():
+            conn.execute(table.update().where(table.c.id == row_id).values(row_key=digest(key)))
+
+
+UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
 
 
 def upgrade(eng: sa.Engine) -> tuple[int, int]:
@@ -128,6 +152,9 @@ def upgrade(eng: sa.Engine) -> tuple[int, int]:
 def require_current(eng: sa.Engine) -> None:
     with eng.connect() as conn:
         version = current_version(conn)
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"the evidence store has schema v{version}, newer than this code "
+                           f"(v{SCHEMA_VERSION}): upgrade the package")
     if version != SCHEMA_VERSION:
         raise RuntimeError("the evidence store is missing or out of date: run `forecast init`")
 
@@ -160,8 +187,9 @@ def write(eng: sa.Engine, theater_rows: list[Theater], evidence: list[Evidence],
         for row in evidence:
             table = EVIDENCE_TABLES[row.kind]
             key = json.dumps(row.key(), default=str)
-            values = {**row.model_dump(exclude={"kind"}), "row_key": key}
-            _upsert(conn, table, table.c.row_key == key, values, key, origin, now, result, stamp="imported_at")
+            values = {**row.model_dump(exclude={"kind"}), "row_key": digest(key)}
+            _upsert(conn, table, table.c.row_key == values["row_key"], values, key, origin, now, result,
+                    stamp="imported_at")
     return result
 
 
