@@ -258,6 +258,43 @@ def initialised_cli(initialised_store, runs_dir) -> Cli:
     return Cli(initialised_store, runs_dir)
 
 
+# --- one real fit of the flagship, shared by the session --------------------------------
+
+FLAGSHIP, FLAGSHIP_AS_OF = "russia-ukraine-2022", "2022-02-15"
+
+
+@pytest.fixture(scope="session")
+def flagship_template(initialised_template, tmp_path_factory) -> Path:
+    """A runs folder holding one real, published fit of the flagship as of 2022-02-15.
+
+    Default sampler settings (the gate needs them): about 30 s once per session.
+    Read-only: use `fitted_store`, which copies it.
+    """
+    import datetime as dt
+
+    from forecast import refit, store
+
+    runs = tmp_path_factory.mktemp("flagship-runs")
+    db = tmp_path_factory.mktemp("flagship-db") / "forecast.db"
+    shutil.copyfile(initialised_template, db)
+    db.chmod(0o644)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FORECAST_RUNS_DIR", str(runs))
+    try:
+        run = refit.refit(store.engine(sqlite_url_for(db)), FLAGSHIP, dt.date.fromisoformat(FLAGSHIP_AS_OF))
+    finally:
+        mp.undo()
+    assert run.published, run.manifest["reason"]
+    return runs
+
+
+@pytest.fixture
+def fitted_store(flagship_template, initialised_store, runs_dir) -> Cli:
+    """This test's own store and runs folder, with the flagship fitted (FORECAST_* point at them)."""
+    shutil.copytree(flagship_template, runs_dir, dirs_exist_ok=True)
+    return Cli(initialised_store, runs_dir)
+
+
 # --- helpers for tests ----------------------------------------------------------------
 
 
