@@ -122,9 +122,9 @@ def build_stage1(panels: list[TheaterPanel]) -> pm.Model:
     coords = {"source_type": SOURCE_TYPES, "knot": np.arange(len(k["gap"])), "estimate": np.arange(len(k["y"]))}
     with pm.Model(coords=coords) as model:
         bias = pm.ZeroSumNormal("bias", sigma=0.5, dims="source_type")
-        # Gamma(6, .): 90% in [0.17, 0.58] log units. Published figures are rounded ("about
-        # 100,000"), so no source type is more precise than ~15%; near zero noise is a funnel.
-        noise = pm.Gamma("noise", alpha=6.0, beta=6.0 / 0.35, dims="source_type")
+        # 90% of the prior in [0.21, 0.57] log units: published figures are rounded ("about
+        # 100,000"), so no source type is more precise than ~20%; near-zero noise is a funnel.
+        noise = pm.LogNormal("noise", mu=np.log(0.35), sigma=0.3, dims="source_type")
         drift = pm.HalfNormal("drift", sigma=0.2)  # sd of the weekly change in log level
 
         # First knot centred (each is pinned by its own estimates), later increments non-centred.

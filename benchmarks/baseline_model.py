@@ -1,0 +1,181 @@
+r"""The baseline a user would write by hand for the same model (issue 8).
+
+Same data, same priors, same likelihood as `forecast.model` — only the way it is
+written and sampled differs:
+
+- stage 1: the latent log force level on the same knots (`model.stage1_knots`),
+  written as a *centred* random walk, one vector variable per knot position
+  across theaters:
+
+      L_0[c] ~ Normal(MU0, sqrt(TAU0^2 + drift^2 * gap_0[c]))
+      L_k[c] ~ Normal(L_{k-1}[c], drift * sqrt(gap_k[c]))
+
+  with the same ZeroSumNormal bias, Gamma noise and HalfNormal drift;
+- stage 2: the same hazard with *centred* theater effects
+  `theta_c ~ Normal(alpha, sigma_theater)`, evaluated on every theater-day
+  (no collapsing of identical weekly rows), with the same simulated likelihood
+  over the same number of force-imputation paths, built by the package's own
+  `model.all_force_paths` from this baseline's stage-1 posterior;
+- both stages sampled with `pm.sample()` and PyMC's defaults (NUTS,
+  jitter+adapt_diag, 1000 tune + 1000 draws, target_accept 0.8,
+  chains = max(2, cores), cores = min(4, CPUs)). Only `random_seed` (for
+  reproducibility) and `progressbar=False` (display only) are passed.
+
+`fit_baseline` returns both posteriors and the timing of each stage: compile
+(everything in `pm.sample` before the sampling loop starts: graph compilation and
+NUTS initialisation), sampling (PyMC's own `sampling_time`: the tune + draw loop
+of all chains) and post-processing (trace conversion and PyMC's convergence
+checks).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+
+import arviz as az
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+from pymc_extras.prior import Prior
+
+from forecast import model as project
+from forecast.features import FORCE, INDICATORS, TheaterPanel
+from forecast.priors import Profile
+from forecast.schema import SOURCE_TYPES
+
+RANDOM_SEED = 20220224  # the project's seed; sets RNG state only, not a sampler setting
+
+
+# --- stage 1: centred random walk ---------------------------------------------------------
+
+
+def build_stage1_centred(panels: list[TheaterPanel]) -> pm.Model:
+    """Log force level on the project's knots as a centred random walk (one RV per knot position)."""
+    k = project.stage1_knots(panels)
+    first = k["first"].astype(bool)
+    owner = np.cumsum(first) - 1  # theater (with estimates) of each knot
+    position = np.arange(len(first)) - np.flatnonzero(first)[owner]  # 0 for a theater's first knot
+    coords = {"source_type": SOURCE_TYPES, "estimate": np.arange(len(k["y"]))}
+    with pm.Model(coords=coords) as model:
+        bias = pm.ZeroSumNormal("bias", sigma=0.5, dims="source_type")
+        noise = pm.Gamma("noise", alpha=6.0, beta=6.0 / 0.35, dims="source_type")
+        drift = pm.HalfNormal("drift", sigma=0.2)
+
+        level = pt.zeros(len(first))
+        previous = None  # level at position j - 1 of every knot at position j
+        for j in range(int(position.max()) + 1):
+            at = np.flatnonzero(position == j)
+            gap = k["gap"][at]
+            if j == 0:
+                value = pm.Normal(f"level_{j}", mu=project.MU0,
+                                  sigma=pt.sqrt(project.TAU0**2 + drift**2 * gap), shape=len(at))
+            else:
+                value = pm.Normal(f"level_{j}", mu=level[at - 1], sigma=drift * np.sqrt(gap), shape=len(at))
+            level = pt.set_subtensor(level[at], value)
+        src = k["source"]
+        pm.Normal("log_estimate", mu=level[k["knot"]] + bias[src], sigma=noise[src], observed=k["y"],
+                  dims="estimate")
+    return model
+
+
+# --- stage 2: centred theater effects, daily rows ----------------------------------------
+
+
+def daily_rows(panels: list[TheaterPanel]) -> dict[str, np.ndarray]:
+    return {"theater": np.concatenate([np.full(len(p.days), i) for i, p in enumerate(panels)]),
+            "static": np.concatenate([p.static for p in panels]),
+            "event": np.concatenate([p.event for p in panels]).astype(int)}
+
+
+def build_stage2_centred(panels: list[TheaterPanel], x_force: np.ndarray, profile: Profile) -> pm.Model:
+    """x_force: (paths, theater-days, 2), theater-days in panel order (as `model.build_stage2`)."""
+    rows = daily_rows(panels)
+    rows_of = np.eye(len(panels))[rows["theater"]]  # (days, theaters)
+    mu, sigma = profile.beta_priors()
+    coords = {"indicator": INDICATORS, "theater": [p.id for p in panels]}
+    with pm.Model(coords=coords) as model:
+        alpha = profile.alpha_prior().create_variable("alpha")
+        beta = Prior("Normal", mu=mu, sigma=sigma, dims="indicator").create_variable("beta")
+        sigma_theater = profile.spread_prior().create_variable("sigma_theater")
+        theta = pm.Normal("theta", mu=alpha, sigma=sigma_theater, dims="theater")  # centred
+
+        eta_static = theta[rows["theater"]] + pt.dot(rows["static"], beta[len(FORCE):])
+        eta = eta_static[None, :] + pt.dot(x_force, beta[: len(FORCE)])  # (paths, days)
+        loglik_days = pm.logp(pm.Bernoulli.dist(logit_p=eta), rows["event"][None, :])
+        per_theater = pt.dot(loglik_days, rows_of)  # (paths, theaters)
+        loglik = pt.logsumexp(per_theater, axis=0) - np.log(x_force.shape[0])
+        pm.Potential("hazard_likelihood", loglik.sum())
+    return model
+
+
+# --- sampling with PyMC's defaults ------------------------------------------------------------
+
+
+def pymc_defaults() -> dict:
+    """The defaults `pm.sample` uses on this machine, read from its signature and its core rule."""
+    sig = inspect.signature(pm.sample).parameters
+    cores = min(4, pm.sampling.mcmc._cpu_count())
+    return {"sampler": "PyMC NUTS (pm.sample defaults)", "draws": sig["draws"].default,
+            "tune": sig["tune"].default, "init": sig["init"].default,
+            "target_accept": 0.8, "cores": cores, "chains": max(2, cores),
+            "discard_tuned_samples": sig["discard_tuned_samples"].default,
+            "compute_convergence_checks": sig["compute_convergence_checks"].default,
+            "pymc": pm.__version__, "passed": {"random_seed": RANDOM_SEED, "progressbar": False}}
+
+
+class _SamplingStart(logging.Handler):
+    """Notes when pm.sample logs the start of its sampling loop ("Multiprocess sampling ...")."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.at: float | None = None
+
+    def emit(self, record):
+        message = record.getMessage()
+        if self.at is None and ("sampling (" in message or "Sequential sampling" in message):
+            self.at = record.created
+
+
+def timed_sample(model: pm.Model) -> tuple[az.InferenceData, dict]:
+    """pm.sample() with its defaults; seconds split into compile, sampling and post-processing."""
+    logger = logging.getLogger("pymc")
+    handler = _SamplingStart()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    started_wall = time.time()
+    started = time.perf_counter()
+    try:
+        with model:
+            idata = pm.sample(random_seed=RANDOM_SEED, progressbar=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    wall = time.perf_counter() - started
+    sampling = float(idata.posterior.attrs["sampling_time"])
+    compile_ = (handler.at - started_wall) if handler.at is not None else None
+    return idata, {"compile": compile_, "sampling": sampling,
+                   "post": wall - sampling - (compile_ or 0.0), "wall": wall}
+
+
+@dataclass
+class BaselineFit:
+    stage1: az.InferenceData
+    stage2: az.InferenceData
+    seconds: dict = field(default_factory=dict)
+
+
+def fit_baseline(panels: list[TheaterPanel], profile: Profile) -> BaselineFit:
+    """Stage 1, the force paths (package code, the project's seed), then stage 2 — both with pm.sample()."""
+    stage1, s1 = timed_sample(build_stage1_centred(panels))
+    draws1 = stage1.posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
+    rng = np.random.default_rng(RANDOM_SEED)
+    picks = rng.choice(draws1.sizes["sample"], size=project.N_PATHS, replace=False)
+    shocks = rng.standard_normal((project.N_PATHS, len(panels)))
+    x_force = project.all_force_paths(panels, draws1, picks, shocks)
+    stage2, s2 = timed_sample(build_stage2_centred(panels, x_force, profile))
+    seconds = {f"stage1_{k}": v for k, v in s1.items()} | {f"stage2_{k}": v for k, v in s2.items()}
+    return BaselineFit(stage1, stage2, seconds)
