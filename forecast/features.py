@@ -22,7 +22,6 @@ import numpy as np
 
 from forecast.schema import SIGN_CATEGORIES, SOURCE_TYPES, Evidence, Theater
 
-ARRIVAL_WINDOW_DAYS = 30
 STATIC = (
     ["exercise", "overstay", "unit_arrivals"]
     + [f"sign_{c}" for c in SIGN_CATEGORIES]
@@ -106,11 +105,12 @@ def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64
     out[:, col["exercise"]] = np.minimum(out[:, col["exercise"]], 1)
     out[:, col["overstay"]] = _overstay(rows, exercises, days, known_by)
 
+    # Units present: a unit that arrived stays until a departure is recorded, so the signal is
+    # the running net of arrivals, each weighted by how far it came (a 5,000 km move is costlier).
     arrivals = np.zeros(len(days))
     for r in (r for r in rows if r.kind == "unit_move"):
         weight = (1 if r.direction == "arrive" else -1) * (1 + (r.distance_km or 0) / 1000)
-        recent = (days - day(r.date)).astype(int) < ARRIVAL_WINDOW_DAYS
-        arrivals += weight * (seen(r) & recent)
+        arrivals += weight * seen(r)
     out[:, col["unit_arrivals"]] = np.sign(arrivals) * np.log1p(np.abs(arrivals))
 
     for r in rows:
