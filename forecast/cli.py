@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,8 @@ from typing import Optional
 import sqlalchemy as sa
 import typer
 
-from forecast import config, dataset, ingest, model, predict, priors, refit, runs, store
+from forecast import config, dataset, ingest, model, predict, priors, refit, report, runs, schedule, store
+from forecast.features import data_hash
 from forecast.schema import KINDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -149,12 +151,20 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
            tune: int = typer.Option(model.SamplerSettings.tune, help="tuning steps per chain"),
            chains: int = typer.Option(model.SamplerSettings.chains),
            sampler: str = typer.Option("nutpie", help="nutpie or pymc"),
+           all_: bool = typer.Option(False, "--all", help="refit every open theater as of its latest evidence "
+                                     "(the scheduled job; skips theaters already up to date)"),
            as_json: bool = typer.Option(False, "--json")):
     """Fit a theater as of a date, gate the fit, store the run and print its forecast."""
-    if theater is None:
+    if all_ and (theater is not None or as_of is not None):
+        fail("--all refits every open theater as of its latest evidence: give no THEATER and no --as-of")
+    if theater is None and not all_:
         fail("give a THEATER (or --all)")
     if sampler not in ("nutpie", "pymc"):
         fail(f"--sampler: {sampler!r} is not one of nutpie, pymc")
+    if all_:
+        _refit_all(_profile(prior_profile), model.SamplerSettings(draws=draws, tune=tune, chains=chains,
+                                                                  sampler=sampler, progressbar=False), as_json)
+        return
     eng = _engine()
     settings = model.SamplerSettings(draws=draws, tune=tune, chains=chains, sampler=sampler)
     try:
@@ -179,6 +189,120 @@ def show(theater: str, as_json: bool = typer.Option(False, "--json")):
     except runs.RunError as err:
         fail(str(err), 1)
     emit(doc, as_json, forecast_text(doc))
+
+
+def _refit_all(profile: priors.Profile, settings: model.SamplerSettings, as_json: bool) -> None:
+    """`refit --all`: log lines (stderr with --json), the summary, exit 0/1/3, or 4 when another job runs."""
+    try:
+        keep = schedule.keep_runs()
+    except schedule.SettingError as err:
+        fail(str(err))
+    eng = _engine()
+    try:
+        summary = schedule.refit_all(eng, profile, settings, keep, log=lambda line: typer.echo(line, err=as_json))
+    except schedule.Busy as err:
+        fail(str(err), schedule.EXIT_BUSY)
+    c = summary["counts"]
+    emit(summary, as_json, f"refit --all: {c['published']} published, {c['rejected']} rejected, "
+         f"{c['skipped']} skipped, {c['failed']} failed")
+    if summary["exit_code"]:
+        raise typer.Exit(summary["exit_code"])
+
+
+@app.command("runs")
+def runs_(theater: str, as_json: bool = typer.Option(False, "--json")):
+    """The run history of a theater, newest first: id, created, as-of, status, reason, priors, P(30 days)."""
+    eng = _engine()
+    if theater not in store.theater_ids(eng) and not runs.history(theater):
+        fail(f"unknown theater {theater!r}; see `forecast theaters`")
+    rows = schedule.history_rows(theater)
+    emit(rows, as_json, schedule.history_text(theater, rows))
+
+
+@app.command("report")
+def report_(theater: str,
+            fmt: str = typer.Option("html", "--format", "-f", help="html, pdf or json"),
+            output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                  help="file to write (default: THEATER-ASOF-RUNID.FORMAT here)"),
+            as_json: bool = typer.Option(False, "--json", help="print what was written as JSON")):
+    """Render the latest published forecast of a theater as an HTML, PDF or JSON report."""
+    if fmt not in report.FORMATS:
+        fail(f"--format: {fmt!r} is not one of {', '.join(report.FORMATS)}")
+    eng = _engine()
+    if theater not in store.theater_ids(eng):
+        fail(f"unknown theater {theater!r}; see `forecast theaters`")
+    try:
+        run = runs.require_published(theater)
+    except runs.RunError as err:
+        fail(str(err), 1)
+    path = output or Path(f"{theater}-{run.manifest['as_of']}-{run.id}.{fmt}")
+    if path.is_dir():
+        fail(f"-o {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        fail(f"-o {path}: folder {path.parent} does not exist")
+    try:
+        panels, _ = dataset.from_store(eng, theater, dt.date.fromisoformat(run.manifest["as_of"]))
+        now_hash = data_hash(panels)
+    except dataset.DatasetError:
+        now_hash = None
+    names = {t.id: t.name for t in store.load_theaters(eng)}
+    data = report.render(run, store.load_evidence(eng, theater), fmt, theater_name=names.get(theater),
+                         current_data_hash=now_hash)
+    try:
+        report.write(data, path)
+    except OSError as err:
+        fail(f"-o {path}: cannot write: {err.strerror or err}", 1)
+    emit({"path": str(path), "format": fmt, "bytes": len(data), "theater": theater, "run_id": run.id,
+          "as_of": run.manifest["as_of"], "data_hash": run.manifest["data_hash"]}, as_json,
+         f"wrote {path} ({fmt}, {len(data):,} bytes): {theater} as of {run.manifest['as_of']}, run {run.id}")
+
+
+@app.command()
+def dashboard(port: int = typer.Option(8501, "--port", help="port to serve on"),
+              address: str = typer.Option("127.0.0.1", "--address",
+                                          help="address to bind (default: this machine only)")):
+    """Start the analyst's dashboard (Streamlit), bound to localhost unless --address says otherwise."""
+    script = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
+    if not script.is_file():
+        fail(f"{script}: the dashboard app is missing from this installation", 1)
+    if not 0 < port < 65536:
+        fail(f"--port: {port} is not a TCP port")
+    typer.echo(f"dashboard: http://{address}:{port}/  (Ctrl-C stops it)", err=True)
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+               "--server.address", address, "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)  # Streamlit takes over this process (and its signals)
+
+
+@app.command("backtest")
+def backtest_(case: Optional[list[str]] = typer.Option(None, "--case", help="case id (repeat); default: every closed case"),
+              out: Path = typer.Option(Path("out/backtest"), "--out", help="folder for the CSV, PNG and JSON files"),
+              prior_profile: str = typer.Option("default", "--priors", help="prior profile name or .toml path"),
+              draws: int = typer.Option(model.SamplerSettings.draws, help="posterior draws per chain"),
+              tune: int = typer.Option(model.SamplerSettings.tune, help="tuning steps per chain"),
+              chains: int = typer.Option(model.SamplerSettings.chains),
+              metaculus: Optional[bool] = typer.Option(None, "--metaculus/--no-metaculus",
+                                                       help="flagship vs Metaculus (default: when the flagship is in scope)"),
+              check_exact: int = typer.Option(0, "--check-exact", help="compare N weighted forecasts with exact refits"),
+              as_json: bool = typer.Option(False, "--json")):
+    """Leave-one-case-out forecasts, scores (Brier, skill, log, reliability, AUC) and the Metaculus comparison."""
+    from forecast import backtest
+
+    if min(draws, tune, chains) < 1 or check_exact < 0:
+        fail("--draws, --tune and --chains must be positive, --check-exact not negative")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: is a file; give a folder")
+    settings = model.SamplerSettings(draws=draws, tune=tune, chains=chains, progressbar=False)
+    options = backtest.Options(cases=case or None, profile=_profile(prior_profile), settings=settings,
+                               metaculus=metaculus, check_exact=check_exact)
+    try:
+        doc = backtest.run(_engine(), options)
+    except backtest.BacktestError as err:
+        fail(str(err))
+    doc["files"] = backtest.write_outputs(doc, out)
+    emit(doc, as_json, backtest.text_summary(doc))
 
 
 def _summary(row: dict) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import io
 import math
 import threading
@@ -33,6 +34,7 @@ from forecast.schema import KINDS, Evidence, Theater
 
 PARETO_K_OK = 0.5
 PARETO_K_MAX = 0.7  # above this, importance reweighting is not trustworthy: refit
+MIN_ESS_SHARE = 0.1  # fewer effective draws than this share: noisy
 KIND_LABELS = {"troops": "troop estimate", "unit_move": "unit move", "exercise": "exercise", "sign": "sign",
                "claim": "claim", "outcome": "outcome"}
 KIND_COLOURS = {"troops": "#4c78a8", "unit_move": "#f58518", "exercise": "#54a24b", "sign": "#e45756",
@@ -122,12 +124,10 @@ def age(created_at: str, now: dt.datetime | None = None) -> str:
 
 
 def pct(p: float) -> str:
-    """A probability as a percentage an analyst reads: 31%, 0.4%, <0.1%, >99.9%."""
+    """A probability as an analyst reads it: 31%, 0.4%, <0.1% (whole percents from 1%, as the key judgment)."""
     if p < 0.001:
         return "<0.1%"
-    if p > 0.999:
-        return ">99.9%"
-    if p < 0.01 or p > 0.99:
+    if p < 0.01:
         return f"{p:.1%}"
     return f"{p:.0%}"
 
@@ -215,10 +215,14 @@ class Reweighted:
 
     @property
     def verdict(self) -> str:
-        """'ok', 'noisy' or 'unreliable' by the Pareto k thresholds."""
-        if self.pareto_k is None or self.pareto_k <= PARETO_K_OK:
+        """'ok', 'noisy' or 'unreliable': the Pareto k thresholds, and few effective draws."""
+        if self.pareto_k is None:
             return "ok"
-        return "noisy" if self.pareto_k <= PARETO_K_MAX else "unreliable"
+        if self.pareto_k > PARETO_K_MAX:
+            return "unreliable"
+        if self.pareto_k > PARETO_K_OK or (self.ess or 0) < MIN_ESS_SHARE * self.n_draws:
+            return "noisy"
+        return "ok"
 
     @property
     def explanation(self) -> str:
@@ -229,8 +233,10 @@ class Reweighted:
         if self.verdict == "ok":
             return f"{k} (≤ {PARETO_K_OK}): reweighting is reliable; {draws}."
         if self.verdict == "noisy":
-            return (f"{k} (between {PARETO_K_OK} and {PARETO_K_MAX}): usable, but the numbers are noisier "
-                    f"than the stored run's; {draws}.")
+            why = (f"between {PARETO_K_OK} and {PARETO_K_MAX}" if self.pareto_k > PARETO_K_OK
+                   else f"fine, but only {self.ess:,.0f} draws carry the weight")
+            return (f"{k} ({why}): usable, but the numbers are noisier than the stored run's; {draws}. "
+                    f"Refit for a precise answer.")
         return (f"{k} is above {PARETO_K_MAX}: these priors are too far from the ones the run was fitted "
                 f"with for reweighting to be trusted — the numbers on screen may be badly off. "
                 f"Refit with these priors for a real answer ({draws}).")
@@ -238,6 +244,45 @@ class Reweighted:
 
 def same_priors(a: priors.Profile, b: priors.Profile) -> bool:
     return a.base_rate == b.base_rate and a.indicators == b.indicators and a.theater_spread == b.theater_spread
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_sigma(centre: float, low: float, high: float) -> float:
+    """The sd of the maximum-entropy Normal centred on `centre` with RANGE_MASS in [low, high].
+
+    The mass in [low, high] falls monotonically as the sd grows, so the maximum-entropy
+    (largest-sd) Normal holding RANGE_MASS is the root of one equation: what PreliZ's
+    `maxent` (used by `priors`) finds by general optimisation, in a millisecond instead
+    of up to a second. Falls back to PreliZ when the range cannot hold that mass.
+    """
+    from scipy import optimize, stats
+
+    def excess(sd: float) -> float:
+        return stats.norm.cdf((high - centre) / sd) - stats.norm.cdf((low - centre) / sd) - priors.RANGE_MASS
+
+    try:
+        return float(optimize.brentq(excess, 1e-8, 1e4, xtol=1e-12))
+    except ValueError:  # no sign change: centre on the range's edge
+        return float(priors._normal_on(centre, low, high).parameters["sigma"])
+
+
+def fast_log_density(profile: priors.Profile, alpha: np.ndarray, beta: np.ndarray,
+                     sigma_theater: np.ndarray) -> np.ndarray:
+    """`profile.log_density` with the Normal priors solved directly (see `_normal_sigma`)."""
+    from scipy import stats
+
+    b = profile.base_rate
+    a_mu, a_lo, a_hi = (priors.daily_logit(x) for x in (b.value, b.low, b.high))
+    mu = np.array([math.log(profile.indicators[n].value) for n in INDICATORS])
+    sd = np.array([_normal_sigma(math.log(profile.indicators[n].value), math.log(profile.indicators[n].low),
+                                 math.log(profile.indicators[n].high)) for n in INDICATORS])
+    spread = profile.spread_prior().parameters["sigma"]
+    return (stats.norm.logpdf(alpha, a_mu, _normal_sigma(a_mu, a_lo, a_hi))
+            + stats.norm.logpdf(beta, mu, sd).sum(axis=-1)
+            + stats.halfnorm.logpdf(sigma_theater, scale=spread))
+
+
+FAST_TOLERANCE = 0.01  # max |log density| difference from the fit's own prior for the fast path
 
 
 class Reweighter:
@@ -255,20 +300,20 @@ class Reweighter:
             self.log_prior = self.draws["log_prior"].values
         else:  # older runs: recompute under the stored profile
             self.log_prior = self.profile.log_density(self.alpha, self.beta, self.sigma)
-        self.warm()
+        # The fast prior solver must reproduce the fit's own log prior, else use the slow one.
+        gap = np.max(np.abs(fast_log_density(self.profile, self.alpha, self.beta, self.sigma) - self.log_prior))
+        self.fast = bool(gap < FAST_TOLERANCE)
 
-    def warm(self) -> None:
-        """Fit the stored profile's priors once (PreliZ compiles on first use), so edits are fast."""
-        self.profile.log_density(self.alpha[:1], self.beta[:1], self.sigma[:1])
-        bumped = self.profile.base_rate
-        priors._normal_on(priors.daily_logit(bumped.value) + 1e-9, priors.daily_logit(bumped.low),
-                          priors.daily_logit(bumped.high))
+    def log_density(self, profile: priors.Profile) -> np.ndarray:
+        if self.fast:
+            return fast_log_density(profile, self.alpha, self.beta, self.sigma)
+        return profile.log_density(self.alpha, self.beta, self.sigma)
 
     def weights(self, profile: priors.Profile) -> tuple[np.ndarray, float, float]:
         """PSIS-smoothed normalised weights of new prior / old prior, the Pareto k and the ESS."""
         import arviz as az
 
-        log_ratio = profile.log_density(self.alpha, self.beta, self.sigma) - self.log_prior
+        log_ratio = self.log_density(profile) - self.log_prior
         smoothed, k = az.psislw(log_ratio - log_ratio.max())
         w = np.exp(smoothed - smoothed.max())
         w /= w.sum()
@@ -330,42 +375,70 @@ def save_profile(profile: priors.Profile, name: str, overwrite: bool = False, no
 _PCT = ".0%"
 
 
-def history_chart(doc: dict, events: pd.DataFrame) -> alt.VConcatChart:
-    """P(escalation within 30 days) as known on each past week, with evidence events below on the same axis."""
+AXIS_EXTENT = 105  # px for y-axis labels, the same on charts stacked on one time axis so they line up
+
+
+def _seen_events(events: pd.DataFrame) -> pd.DataFrame:
+    if not len(events):
+        return events
+    seen = events[(events["kind"] != "outcome") & (events["in run"].astype(bool))].copy()
+    seen["day"] = seen["date"].astype(str)  # for the tooltip: the plotted date may be clipped to the window
+    seen["date"] = pd.to_datetime(seen["date"])
+    seen["kind label"] = seen["kind"].map(KIND_LABELS)
+    return seen
+
+
+def _event_tooltip() -> list:
+    return [alt.Tooltip("day:N", title="date"), alt.Tooltip("kind label:N", title="kind"),
+            alt.Tooltip("what:N", title="what"), alt.Tooltip("source:N", title="source")]
+
+
+def history_charts(doc: dict, events: pd.DataFrame) -> tuple[alt.LayerChart, alt.Chart | None]:
+    """P(escalation within 30 days) as known on each past week, and the evidence events on the same time axis.
+
+    Two charts (drawn one above the other, same x domain and axis width, so they line up): the
+    history with a faint mark at each event, and a strip with one row per evidence kind.
+    """
     hist = pd.DataFrame(doc["history"])
     hist["date"] = pd.to_datetime(hist["date"])
-    start = hist["date"].min() - pd.Timedelta(days=3)
-    end = pd.to_datetime(doc["as_of"]) + pd.Timedelta(days=3)
-    x = alt.X("date:T", title=None, scale=alt.Scale(domain=[start.isoformat(), end.isoformat()]))
+    seen = _seen_events(events)
+    first = hist["date"].min() - pd.Timedelta(days=14)  # the crisis window (earlier events sit on its edge)
+    if len(seen):
+        seen.loc[seen["date"] < first, "date"] = first
+    domain = [first.isoformat(), (pd.to_datetime(doc["as_of"]) + pd.Timedelta(days=3)).isoformat()]
+    x = alt.X("date:T", title=None, scale=alt.Scale(domain=domain))
+    kinds = [KIND_LABELS[k] for k in KINDS if len(seen) and k in set(seen["kind"])]
+    colours = [KIND_COLOURS[k] for k in KINDS if len(seen) and k in set(seen["kind"])]
+    colour = alt.Color("kind label:N", scale=alt.Scale(domain=kinds, range=colours), legend=None)
+
     base = alt.Chart(hist)
-    band = base.mark_area(opacity=0.25, color="#4c78a8").encode(
-        x=x, y=alt.Y("lo:Q", title="P(escalation within 30 days)", axis=alt.Axis(format=_PCT),
-                     scale=alt.Scale(domain=[0, 1])), y2="hi:Q")
-    tooltip = [alt.Tooltip("date:T", title="as of"), alt.Tooltip("mean:Q", format=".1%", title="P30"),
+    y_axis = alt.Axis(format=_PCT, minExtent=AXIS_EXTENT, maxExtent=AXIS_EXTENT)
+    band = base.mark_area(opacity=0.22, color="#4c78a8").encode(
+        x=x, y=alt.Y("lo:Q", title=None, axis=y_axis, scale=alt.Scale(domain=[0, 1])), y2="hi:Q")
+    tooltip = [alt.Tooltip("date:T", title="as of"), alt.Tooltip("mean:Q", format=".1%", title="P(within 30 days)"),
                alt.Tooltip("lo:Q", format=".1%", title="80% low"), alt.Tooltip("hi:Q", format=".1%", title="80% high")]
     line = base.mark_line(color="#1f4e79", strokeWidth=2.5).encode(x=x, y="mean:Q")
-    points = base.mark_circle(color="#1f4e79", size=45).encode(x=x, y="mean:Q", tooltip=tooltip)
+    points = base.mark_circle(color="#1f4e79", size=50).encode(x=x, y="mean:Q", tooltip=tooltip)
     as_of = alt.Chart(pd.DataFrame({"date": [pd.to_datetime(doc["as_of"])], "text": [f"as of {doc['as_of']}"]}))
-    as_of_rule = as_of.mark_rule(strokeDash=[4, 3], color="#555").encode(x="date:T")
-    as_of_text = as_of.mark_text(align="right", dx=-4, dy=8, color="#555").encode(x="date:T", y=alt.value(0),
-                                                                                text="text:N")
-    top = alt.layer(band, line, points, as_of_rule, as_of_text).properties(height=300, width="container")
-    seen = events[(events["kind"] != "outcome") & (events["in run"].astype(bool))].copy() if len(events) else events
+    layers = [band]
     if len(seen):
-        seen["date"] = pd.to_datetime(seen["date"])
-        seen["kind label"] = seen["kind"].map(KIND_LABELS)
-        kinds = [KIND_LABELS[k] for k in KINDS if k in set(seen["kind"])]
-        colours = [KIND_COLOURS[k] for k in KINDS if k in set(seen["kind"])]
-        strip = alt.Chart(seen).mark_point(filled=True, size=110, opacity=0.85).encode(
-            x=x,
-            y=alt.Y("kind label:N", title=None, sort=kinds),
-            color=alt.Color("kind label:N", scale=alt.Scale(domain=kinds, range=colours), legend=None),
-            shape=alt.Shape("kind label:N", scale=alt.Scale(domain=kinds), legend=None),
-            tooltip=[alt.Tooltip("date:T", title="date"), alt.Tooltip("kind label:N", title="kind"),
-                     alt.Tooltip("what:N", title="what"), alt.Tooltip("source:N", title="source")],
-        ).properties(height=28 * len(kinds) + 20, width="container", title="Evidence known by the as-of date")
-        return alt.vconcat(top, strip, spacing=6).resolve_scale(x="shared")
-    return alt.vconcat(top)
+        layers.append(alt.Chart(seen).mark_rule(opacity=0.2, strokeWidth=1.5).encode(
+            x=x, color=colour, tooltip=_event_tooltip()))
+    layers += [line, points, as_of.mark_rule(strokeDash=[4, 3], color="#555").encode(x="date:T"),
+               as_of.mark_text(align="right", dx=-4, dy=8, color="#555").encode(x="date:T", y=alt.value(0),
+                                                                               text="text:N")]
+    top = alt.layer(*layers).properties(height=280, width="container",
+                                        title="P(escalation within 30 days) as known on each date")
+    if not len(seen):
+        return top, None
+    strip = alt.Chart(seen).mark_point(filled=True, size=120, opacity=0.9).encode(
+        x=x,
+        y=alt.Y("kind label:N", title=None, sort=kinds, axis=alt.Axis(minExtent=AXIS_EXTENT, maxExtent=AXIS_EXTENT)),
+        color=colour,
+        shape=alt.Shape("kind label:N", scale=alt.Scale(domain=kinds), legend=None),
+        tooltip=_event_tooltip(),
+    ).properties(height=alt.Step(28), width="container", title="Evidence the run saw (hover for what and source)")
+    return top, strip
 
 
 def timing_chart(doc: dict) -> alt.LayerChart:
@@ -379,7 +452,7 @@ def timing_chart(doc: dict) -> alt.LayerChart:
     t = doc["timing"]
     if t.get("p10") and t.get("p90"):
         window = pd.DataFrame({"start": [pd.to_datetime(t["p10"])], "end": [pd.to_datetime(t["p90"])]})
-        layers.append(alt.Chart(window).mark_rect(color="#f2b447", opacity=0.15).encode(x="start:T", x2="end:T"))
+        layers.append(alt.Chart(window).mark_rect(color="#888888", opacity=0.12).encode(x="start:T", x2="end:T"))
     layers += [
         base.mark_area(opacity=0.25, color="#e45756").encode(x=x, y=alt.Y("lo:Q", title="P(escalation by date)"),
                                                              y2="hi:Q"),
@@ -626,42 +699,28 @@ EXPORT_FORMATS = {"html": ("text/html", "html"), "pdf": ("application/pdf", "pdf
                   "json": ("application/json", "json")}
 
 
-def report_renderer():
-    """The report module's render function (the one `forecast report` uses), or None if not installed yet."""
-    try:
-        from forecast import report
-    except ImportError:
-        return None
-    return getattr(report, "render", None)
+def export_report(eng, run: runs.Run, fmt: str, doc: dict, profile: priors.Profile | None = None,
+                  theater_name: str | None = None) -> bytes:
+    """The report of what is on screen, through `forecast.report.render` (what `forecast report` uses).
 
-
-def export_report(run: runs.Run, fmt: str, profile: priors.Profile | None, doc: dict) -> bytes:
-    """The report of what is on screen, through the same renderer as `forecast report`.
-
-    `profile` is passed as the override when the priors on screen differ from the run's;
-    `doc` (the on-screen forecast document) is the JSON fallback while no renderer exists.
+    With `profile` (the priors on screen differ from the run's), the report carries the on-screen,
+    reweighted forecast `doc` and that profile; otherwise it is the run's own report. Like the CLI,
+    it says when the store's evidence for the run's as-of date has changed since the fit.
     """
-    import inspect
-    import json
+    from forecast import dataset, report
+    from forecast.features import data_hash
+    from forecast import store
 
-    render = report_renderer()
-    if render is None:
-        if fmt == "json":
-            return json.dumps(doc, indent=2, default=str).encode()
-        raise RuntimeError("the report renderer (forecast/report.py) is not available in this installation")
-    params = inspect.signature(render).parameters
-    kwargs = {}
-    if profile is not None:
-        for name in ("profile_override", "profile", "priors"):
-            if name in params:
-                kwargs[name] = profile
-                break
-    if "format" in params:
-        kwargs["format"] = fmt
-        out = render(run, **kwargs)
-    else:
-        out = render(run, fmt, **kwargs)
-    return out.encode() if isinstance(out, str) else bytes(out)
+    try:
+        panels, _ = dataset.from_store(eng, run.manifest["theater"], dt.date.fromisoformat(run.manifest["as_of"]))
+        now_hash = data_hash(panels)
+    except dataset.DatasetError:
+        now_hash = None
+    rows = store.load_evidence(eng, run.manifest["theater"])
+    if profile is None:
+        return report.render(run, rows, fmt, theater_name=theater_name, current_data_hash=now_hash)
+    return report.render(run, rows, fmt, forecast_override=doc, profile_override_text=profile.text,
+                         theater_name=theater_name, current_data_hash=now_hash)
 
 
 def export_name(doc: dict, fmt: str) -> str:

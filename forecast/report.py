@@ -26,7 +26,7 @@ API (used by the CLI and the dashboard)::
   could see (known by its as-of date, outcome rows left out) and counts the others.
 - ``forecast_override``: a forecast document shaped like ``predict.summarise``'s
   (as_of, prob, words, timing, cumulative, drivers, history, baseline_log_odds);
-  optional extra keys ``pareto_k`` and ``ess`` are shown. Must be given together
+  optional ``pareto_k`` and ``ess`` (top-level or inside a ``reweighted`` dict) are shown. Must be given together
   with ``profile_override_text`` (the TOML of the profile it was reweighted to), so
   the priors the report shows are the ones behind its numbers.
 - ``theater_name``: a readable title (default: the theater id).
@@ -111,9 +111,12 @@ def content(run: runs.Run, evidence_rows, forecast_override: dict | None = None,
     profile_text = profile_override_text if profile_override_text is not None else run.profile_text()
     reweighted = None
     if forecast_override is not None:
+        info = forecast_override.get("reweighted")
+        info = info if isinstance(info, dict) else {}
         reweighted = {"from_run": m["run_id"], "fitted_prior_profile": m["prior_profile"],
                       "fitted_prior_hash": m["prior_hash"],
-                      "pareto_k": _num(forecast_override.get("pareto_k")), "ess": _num(forecast_override.get("ess"))}
+                      "pareto_k": _num(forecast_override.get("pareto_k", info.get("pareto_k"))),
+                      "ess": _num(forecast_override.get("ess", info.get("ess")))}
     forecast_part = {k: doc[k] for k in ("prob", "words", "timing", "cumulative", "history", "drivers")}
     forecast_part["baseline_log_odds"] = doc.get("baseline_log_odds")
     forecast_part["log_odds_now"] = doc.get("log_odds_now")
@@ -309,7 +312,7 @@ def timing_chart(forecast_part: dict) -> str | None:
     ax.set_ylim(0, max(0.05, min(1.0, max(c["hi"] for c in cum) * 1.1)))
     ax.set_ylabel("cumulative probability")
     ax.set_title("Timing: probability of escalation by each date", fontsize=9)
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    ax.legend(loc="lower right", fontsize=7, frameon=False)
     _percent_axis(ax)
     fig.autofmt_xdate()
     return _png(fig)

@@ -1,0 +1,136 @@
+"""The dashboard as a person sees it: `forecast dashboard` serving the fitted flagship, headless Chromium.
+
+Starts the real server (the installed `forecast dashboard` command, on a free loopback port)
+against the test's store and runs, loads the page in Debian's `chromium` driven over DevTools
+(dashboards/screenshot.py: it waits until the headline is on the page and the charts have
+drawn), and checks the screenshot is a real page and the DOM carries the headline.
+
+Set FORECAST_SAVE_SCREENSHOT=dashboards/screenshot.png to keep the screenshot (the README's).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FLAGSHIP, REPO, console_script
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("chromium") is None and not os.environ.get("CHROMIUM") and not os.environ.get("CI"),
+    reason="needs Debian's chromium (installed by .ci/run)")
+
+
+def _screenshot_module():
+    spec = importlib.util.spec_from_file_location("dashboard_screenshot", REPO / "dashboards" / "screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dashboard_url(fitted_store, tmp_path):
+    """`forecast dashboard --port N` serving this test's store; stopped (its process group) afterwards."""
+    port = free_port()
+    log = open(tmp_path / "dashboard.log", "w")
+    proc = subprocess.Popen([str(console_script()), "dashboard", "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=tmp_path, env=dict(os.environ), start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the dashboard exited {proc.returncode}:\n{(tmp_path / 'dashboard.log').read_text()}")
+            try:
+                with urllib.request.urlopen(url + "_stcore/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the dashboard did not answer in 2 minutes")
+            time.sleep(0.3)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        log.close()
+
+
+def _outside_address() -> str | None:
+    """This machine's address on its default route (not loopback), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.254.254.254", 1))  # no packet is sent
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_screenshot_shows_the_headline_and_charts(dashboard_url, tmp_path):
+    from PIL import Image
+
+    from forecast import dashboard_view as view
+    from forecast import runs
+
+    doc = runs.require_published(FLAGSHIP).document()
+    headline = f"to escalate within 30 days — {view.pct(doc['prob']['30']['mean'])}"
+    png, dom = tmp_path / "dashboard.png", tmp_path / "dashboard.html"
+    started = time.perf_counter()
+    state = _screenshot_module().capture(dashboard_url, png, dom, wait_text=headline, size=(1400, 2000),
+                                         timeout=150)
+    print(f"page ready and captured in {time.perf_counter() - started:.1f} s: {state}")
+    keep = os.environ.get("FORECAST_SAVE_SCREENSHOT")
+    if keep:
+        shutil.copyfile(png, Path(keep))
+
+    # The DOM carries the headline, the run and the tabs; the forecast tab's three charts drew.
+    html = dom.read_text(encoding="utf-8")
+    assert headline in html
+    assert doc["words"].capitalize() in html
+    assert doc["run_id"] in html
+    for tab in ("Forecast", "Drivers", "Evidence", "Priors", "Diagnostics", "Export"):
+        assert f">{tab}<" in html
+    assert state["charts"] == 3 and state["drawn"] >= 3
+
+    # Bound to localhost by default: not reachable on the machine's other address.
+    outside = _outside_address()
+    if outside:
+        port = int(dashboard_url.rsplit(":", 1)[1].strip("/"))
+        with pytest.raises(OSError):
+            socket.create_connection((outside, port), timeout=2).close()
+
+    # The PNG is the page, not a blank or a loading skeleton.
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1400, 2000)
+    pixels = np.asarray(image.resize((350, 500))).reshape(-1, 3).astype(int)
+    ink = float(np.mean(pixels.min(axis=1) < 235))
+    colours = len(np.unique(pixels, axis=0))
+    print(f"screenshot: {ink:.1%} of the page drawn on, {colours} colours")
+    assert ink > 0.08, f"only {ink:.1%} of the page is drawn on"
+    assert colours > 1500, f"only {colours} colours: charts missing?"
+    r, g, b = pixels.T
+    assert np.any((b > 100) & (r < 60)), "the history line (dark blue) is not on the page"
+    assert np.any((r > 150) & (g < 80) & (b < 80)), "the timing curve (red) is not on the page"
