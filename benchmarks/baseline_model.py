@@ -10,7 +10,8 @@ written and sampled differs:
       L_0[c] ~ Normal(MU0, sqrt(TAU0^2 + drift^2 * gap_0[c]))
       L_k[c] ~ Normal(L_{k-1}[c], drift * sqrt(gap_k[c]))
 
-  with the same ZeroSumNormal bias, Gamma noise and HalfNormal drift;
+  with the project's own priors of bias, noise and drift (copied from its stage-1
+  model, so they follow any change there);
 - stage 2: the same hazard with *centred* theater effects
   `theta_c ~ Normal(alpha, sigma_theater)`, evaluated on every theater-day
   (no collapsing of identical weekly rows), with the same simulated likelihood
@@ -52,6 +53,17 @@ RANDOM_SEED = 20220224  # the project's seed; sets RNG state only, not a sampler
 # --- stage 1: centred random walk ---------------------------------------------------------
 
 
+def _same_prior(reference: pm.Model, model: pm.Model, name: str):
+    """The reference model's prior of `name` (a constant-parameter RV), registered in `model`.
+
+    Keeps the baseline's priors of bias, noise and drift identical to the project's,
+    whatever the project changes them to; their transforms follow the distribution.
+    """
+    rv = reference[name]
+    return model.register_rv(rv.owner.clone().default_output(), name, dims=reference.named_vars_to_dims.get(name))
+
+
+
 def build_stage1_centred(panels: list[TheaterPanel]) -> pm.Model:
     """Log force level on the project's knots as a centred random walk (one RV per knot position)."""
     k = project.stage1_knots(panels)
@@ -59,10 +71,9 @@ def build_stage1_centred(panels: list[TheaterPanel]) -> pm.Model:
     owner = np.cumsum(first) - 1  # theater (with estimates) of each knot
     position = np.arange(len(first)) - np.flatnonzero(first)[owner]  # 0 for a theater's first knot
     coords = {"source_type": SOURCE_TYPES, "estimate": np.arange(len(k["y"]))}
+    reference = project.build_stage1(panels)  # only to copy its priors of bias, noise and drift
     with pm.Model(coords=coords) as model:
-        bias = pm.ZeroSumNormal("bias", sigma=0.5, dims="source_type")
-        noise = pm.Gamma("noise", alpha=6.0, beta=6.0 / 0.35, dims="source_type")
-        drift = pm.HalfNormal("drift", sigma=0.2)
+        bias, noise, drift = (_same_prior(reference, model, name) for name in ("bias", "noise", "drift"))
 
         level = pt.zeros(len(first))
         previous = None  # level at position j - 1 of every knot at position j
@@ -165,6 +176,7 @@ def timed_sample(model: pm.Model) -> tuple[az.InferenceData, dict]:
 class BaselineFit:
     stage1: az.InferenceData
     stage2: az.InferenceData
+    x_force: np.ndarray
     seconds: dict = field(default_factory=dict)
 
 
@@ -178,4 +190,57 @@ def fit_baseline(panels: list[TheaterPanel], profile: Profile) -> BaselineFit:
     x_force = project.all_force_paths(panels, draws1, picks, shocks)
     stage2, s2 = timed_sample(build_stage2_centred(panels, x_force, profile))
     seconds = {f"stage1_{k}": v for k, v in s1.items()} | {f"stage2_{k}": v for k, v in s2.items()}
-    return BaselineFit(stage1, stage2, seconds)
+    return BaselineFit(stage1, stage2, x_force, seconds)
+
+
+# --- proof that it is the same model ------------------------------------------------------------
+
+
+def equivalence(panels: list[TheaterPanel], x_force: np.ndarray, profile: Profile, points: int = 5,
+                seed: int = 0) -> dict:
+    """Max |difference| of the joint log density, project vs baseline, at random matched points.
+
+    Centred and non-centred forms of one model differ only by the Jacobian of the
+    reparameterisation: log p_centred(L) = log p_noncentred(step) - sum log(drift sqrt(gap))
+    for the random walk, and log p(theta) = log p(z) - n_theaters log(sigma_theater) for the
+    theater effects. Everything else (priors, likelihood; daily rows vs collapsed groups)
+    must agree exactly, so both differences should be ~1e-9.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+
+    # stage 1
+    k = project.stage1_knots(panels)
+    first = k["first"].astype(bool)
+    owner = np.cumsum(first) - 1
+    position = np.arange(len(first)) - np.flatnonzero(first)[owner]
+    proj, base = project.build_stage1(panels), build_stage1_centred(panels)
+    logp_p, logp_b = proj.compile_logp(), base.compile_logp()
+    worst = 0.0
+    for _ in range(points):
+        x = {name: v + rng.normal(0, 0.5, np.shape(v)) for name, v in proj.initial_point().items()}
+        drift = float(np.exp(x["drift_log__"]))
+        moves = np.zeros(len(first))
+        moves[first] = x["start"]
+        moves[~first] = drift * np.sqrt(k["gap"][~first]) * x["step"]
+        level = k["chain"] @ moves
+        y = {name: x[name] for name in ("bias_zerosum__", "noise_log__", "drift_log__")}
+        for j in range(int(position.max()) + 1):
+            y[f"level_{j}"] = level[position == j]
+        jacobian = np.sum(np.log(drift * np.sqrt(k["gap"][~first])))
+        worst = max(worst, abs(logp_b(y) - (logp_p(x) - jacobian)))
+    out["stage1_max_abs_diff"] = float(worst)
+
+    # stage 2 (the same force paths in both)
+    proj, base = project.build_stage2(panels, x_force, profile), build_stage2_centred(panels, x_force, profile)
+    logp_p, logp_b = proj.compile_logp(), base.compile_logp()
+    worst = 0.0
+    for _ in range(points):
+        x = {name: v + rng.normal(0, 0.5, np.shape(v)) for name, v in proj.initial_point().items()}
+        sigma = float(np.exp(x["sigma_theater_log__"]))
+        y = {name: x[name] for name in ("alpha", "beta", "sigma_theater_log__")} | {
+            "theta": x["alpha"] + sigma * x["z"]}
+        jacobian = len(panels) * np.log(sigma)
+        worst = max(worst, abs(logp_b(y) - (logp_p(x) - jacobian)))
+    out["stage2_max_abs_diff"] = float(worst)
+    return out

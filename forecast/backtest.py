@@ -174,7 +174,7 @@ def fingerprint(pm_model, var_names) -> str:
             data = np.asarray(var.data)
             tag = f"const:{var.type}:{data.shape}:{hashlib.sha256(data.tobytes()).hexdigest()}"
         else:
-            tag = f"input{len(ids)}:{var.type}"
+            tag = f"input:{var.name}:{var.type}"
         ids[var] = tag
         return tag
 
@@ -204,8 +204,11 @@ class CompileCache:
             self.misses += 1
             self.compiled[key] = nutpie.compile_pymc_model(pm_model, var_names=var_names)
             return self.compiled[key]
-        self.hits += 1
         values = {v.name: v.get_value() for v in pm_model.data_vars}
+        if not set(cached.shared_data) <= set(values):  # data the graph reads but the model lacks: recompile
+            self.misses += 1
+            return nutpie.compile_pymc_model(pm_model, var_names=var_names)
+        self.hits += 1
         swapped = cached.with_data(**{name: values[name] for name in cached.shared_data})
         return _relabel(swapped, pm_model)
 
@@ -234,14 +237,11 @@ def _seed(*parts) -> list[int]:
     return [zlib.crc32(str(p).encode()) for p in parts]
 
 
-def _hazard_draws(stage2_posterior, theater: str | None, rng: np.random.Generator) -> dict:
-    """alpha, beta, sigma_theater per draw; z of `theater`, or a fresh N(0, 1) when it was held out."""
+def _hazard_draws(stage2_posterior, theater: str) -> dict:
+    """alpha, beta, sigma_theater and `theater`'s z, one row per posterior draw (an as-of fit of it)."""
     post = stage2_posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
-    params = {"alpha": post["alpha"].values, "beta": post["beta"].values,
-              "sigma_theater": post["sigma_theater"].values}
-    n = len(params["alpha"])
-    params["z"] = post["z"].sel(theater=theater).values if theater else rng.standard_normal(n)
-    return params
+    return {"alpha": post["alpha"].values, "beta": post["beta"].values,
+            "sigma_theater": post["sigma_theater"].values, "z": post["z"].sel(theater=theater).values}
 
 
 def cumulative_by(fit: model.Fit, panel: TheaterPanel, params: dict, days: int,
@@ -375,6 +375,7 @@ def score(forecasts: list[dict], cases: dict[str, Case]) -> dict:
         f["climatology"] = {str(h): round(clim[case.id, h], 4) for h in HORIZONS}
 
     doc = metrics(forecasts, "prob")
+    doc["brier_skill_interval"] = skill_interval(forecasts, "prob")
     doc["population"] = {k: v for k, v in metrics(forecasts, "prob_population").items() if k != "reliability"}
     ks = np.array([f["pareto_k"] or 0 for f in forecasts])
     doc["importance"] = {"pareto_k_max": round(float(ks.max()), 3), "pareto_k_over_0.7": int((ks > K_THRESHOLD).sum()),
@@ -406,6 +407,32 @@ def metrics(forecasts: list[dict], key: str) -> dict:
         doc["auc"][h] = None if a is None else round(a, 4)
         doc["base_rate"][h] = round(float(y.mean()), 4)
     return doc
+
+
+def skill_interval(forecasts: list[dict], key: str, n_boot: int = 4000, level: float = 0.9) -> dict:
+    """Case-bootstrap interval of the Brier skill: whole cases resampled with replacement.
+
+    The weekly forecasts of one case are strongly correlated and a few long cases carry
+    many of them, so resampling cases (not forecasts) gives the honest uncertainty.
+    """
+    import scoringrules as sr
+
+    ids = list(dict.fromkeys(f["case"] for f in forecasts))
+    rng = np.random.default_rng(20220224)
+    counts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=n_boot)  # (boot, cases)
+    out = {}
+    for h in map(str, HORIZONS):
+        model_sum, clim_sum = np.zeros(len(ids)), np.zeros(len(ids))
+        for f in forecasts:
+            i = ids.index(f["case"])
+            model_sum[i] += float(sr.brier_score(f["observed"][h], f[key][h]["mean"]))
+            clim_sum[i] += float(sr.brier_score(f["observed"][h], f["climatology"][h]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            skill = 1 - (counts @ model_sum) / (counts @ clim_sum)
+        skill = skill[np.isfinite(skill)]
+        lo, hi = np.quantile(skill, [(1 - level) / 2, (1 + level) / 2]) if len(skill) else (np.nan, np.nan)
+        out[h] = {"lo": round(float(lo), 4), "hi": round(float(hi), 4), "level": level}
+    return out
 
 
 def case_row(case: Case, forecasts: list[dict]) -> dict:
@@ -444,7 +471,7 @@ def metaculus_question(doc: dict, theater: str) -> dict | None:
 def engine_by(fit: model.Fit, theater: str, as_of: dt.date, until: dt.date, seed: int) -> dict:
     """The engine's P(escalation by `until`) as of `as_of`, from an exact as-of fit of `theater`."""
     rng = np.random.default_rng(_seed(seed, theater, as_of, until))
-    params = _hazard_draws(fit.stage2.posterior, theater, rng)
+    params = _hazard_draws(fit.stage2.posterior, theater)
     days = (until - as_of).days
     cum = cumulative_by(fit, fit.panel(theater), params, days, rng)
     return {"by_close": _band(cum[:, -1]), "within_30": _band(cum[:, 29]), "within_90": _band(cum[:, 89]),
@@ -461,7 +488,7 @@ class Options:
     settings: model.SamplerSettings = dataclasses.field(
         default_factory=lambda: model.SamplerSettings(progressbar=False))
     metaculus: bool | None = None  # None: when the flagship's question is in scope
-    check_exact: int = 0  # compare this many importance-weighted forecasts with exact as-of refits
+    check_exact: int = 3  # compare this many importance-weighted forecasts with exact as-of refits
     progress: bool = True
 
 
@@ -469,7 +496,7 @@ def exact_forecast(fit: model.Fit, case: str, seed: int) -> dict:
     """P(escalation within each horizon) from an exact as-of fit of `case` (its own theater effect)."""
     panel = fit.panel(case)
     rng = np.random.default_rng(_seed(seed, case, panel.cut, "exact"))
-    cum = cumulative_by(fit, panel, _hazard_draws(fit.stage2.posterior, case, rng), max(HORIZONS), rng)
+    cum = cumulative_by(fit, panel, _hazard_draws(fit.stage2.posterior, case), max(HORIZONS), rng)
     return {str(h): _band(cum[:, h - 1]) for h in HORIZONS}
 
 
@@ -607,13 +634,21 @@ def run(eng, options: Options = Options()) -> dict:
 
 
 def pick_checks(forecasts: list[dict], n: int) -> list[dict]:
-    """Forecasts to compare with exact refits: reliable weights, the longest survival so far, one per case."""
+    """Forecasts to compare with exact refits, the hardest first.
+
+    One per case: its reliable (k <= 0.7) forecast with the longest survival so far (where
+    the weights move the most). First the one with the largest Pareto k, then by survival.
+    """
     best: dict[str, dict] = {}
     for f in forecasts:
         if (f["pareto_k"] or 0) <= K_THRESHOLD and f["at_risk_days"] > 1:
             if f["case"] not in best or f["at_risk_days"] > best[f["case"]]["at_risk_days"]:
                 best[f["case"]] = f
-    return sorted(best.values(), key=lambda f: -f["at_risk_days"])[:n]
+    ranked = sorted(best.values(), key=lambda f: -f["at_risk_days"])
+    if ranked:
+        hardest = max(ranked, key=lambda f: f["pareto_k"] or -np.inf)
+        ranked = [hardest] + [f for f in ranked if f is not hardest]
+    return ranked[:n]
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -665,10 +700,13 @@ def write_outputs(doc: dict, out: Path) -> list[str]:
         [[c["id"], c["outcome"], c["start"], c["end_date"], c["forecasts"]]
          + [c[k][h] for h in hs for k in ("mean_prob", "last_prob", "observed_rate", "brier", "brier_climatology")]
          for c in doc["cases"]])
-    add("scores.csv", _csv, ["horizon", "brier", "brier_climatology", "brier_skill", "log_score",
-                             "log_score_climatology", "ece", "auc", "base_rate", "n"],
-        [[h, doc["brier"][h], doc["brier_climatology"][h], doc["brier_skill"][h], doc["log_score"][h],
-          doc["log_score_climatology"][h], doc["ece"][h], doc["auc"][h], doc["base_rate"][h], doc["n_forecasts"]]
+    add("scores.csv", _csv, ["horizon", "brier", "brier_climatology", "brier_skill", "brier_skill_lo",
+                             "brier_skill_hi", "log_score", "log_score_climatology", "ece", "auc", "base_rate",
+                             "brier_skill_population", "auc_population", "n"],
+        [[h, doc["brier"][h], doc["brier_climatology"][h], doc["brier_skill"][h],
+          doc["brier_skill_interval"][h]["lo"], doc["brier_skill_interval"][h]["hi"], doc["log_score"][h],
+          doc["log_score_climatology"][h], doc["ece"][h], doc["auc"][h], doc["base_rate"][h],
+          doc["population"]["brier_skill"][h], doc["population"]["auc"][h], doc["n_forecasts"]]
          for h in hs])
     add("reliability.csv", _csv, ["horizon", "lo", "hi", "n", "mean_forecast", "observed"],
         [[h, b["lo"], b["hi"], b["n"], b["mean_forecast"], b["observed"]] for h in hs for b in doc["reliability"][h]])
@@ -744,12 +782,15 @@ def text_summary(doc: dict) -> str:
     """The scores for a terminal."""
     lines = [f"backtest: {len(doc['cases'])} cases, {doc['n_forecasts']} leave-one-case-out forecasts, "
              f"{doc['seconds']} s", "",
-             f"  {'horizon':>8} {'Brier':>7} {'clim.':>7} {'skill':>7} {'log':>7} {'ECE':>6} {'AUC':>6}"]
+             f"  {'horizon':>8} {'Brier':>7} {'clim.':>7} {'skill':>7} {'90% (cases)':>17} {'log':>7} "
+             f"{'ECE':>6} {'AUC':>6}"]
     for h in map(str, HORIZONS):
-        auc_ = doc["auc"][h]
+        auc_, ci = doc["auc"][h], doc["brier_skill_interval"][h]
+        interval = f"[{ci['lo']:+.2f}, {ci['hi']:+.2f}]"
+        auc_text = "n/a" if auc_ is None else f"{auc_:.3f}"
         lines.append(f"  {h + ' d':>8} {doc['brier'][h]:7.4f} {doc['brier_climatology'][h]:7.4f} "
-                     f"{doc['brier_skill'][h]:+7.3f} {doc['log_score'][h]:7.4f} {doc['ece'][h]:6.3f} "
-                     f"{'n/a' if auc_ is None else f'{auc_:.3f}':>6}")
+                     f"{doc['brier_skill'][h]:+7.3f} {interval:>17} {doc['log_score'][h]:7.4f} "
+                     f"{doc['ece'][h]:6.3f} {auc_text:>6}")
     pop = doc["population"]["brier_skill"]
     lines += ["", "  Brier skill without the survival update (fresh theater effect only): "
               + ", ".join(f"{h} d {pop[h]:+.3f}" for h in map(str, HORIZONS)),

@@ -285,7 +285,7 @@ def backtest_(case: Optional[list[str]] = typer.Option(None, "--case", help="cas
               chains: int = typer.Option(model.SamplerSettings.chains),
               metaculus: Optional[bool] = typer.Option(None, "--metaculus/--no-metaculus",
                                                        help="flagship vs Metaculus (default: when the flagship is in scope)"),
-              check_exact: int = typer.Option(0, "--check-exact", help="compare N weighted forecasts with exact refits"),
+              check_exact: int = typer.Option(3, "--check-exact", help="compare N weighted forecasts with exact refits"),
               as_json: bool = typer.Option(False, "--json")):
     """Leave-one-case-out forecasts, scores (Brier, skill, log, reliability, AUC) and the Metaculus comparison."""
     from forecast import backtest

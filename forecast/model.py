@@ -227,13 +227,18 @@ def force_paths(panel: TheaterPanel, stage1: xr.Dataset, days: np.ndarray, picks
     start = np.datetime64(panel.theater.start, "D")
     knot_day = start + week_of(panel, days) * 7
     grid = np.unique(np.concatenate([knot_day, knot_day - FORCE_GROWTH_DAYS]))
+    first_known = None  # without a garrison the baseline is the level at the first knot an estimate is visible
+    if panel.log_garrison is None and len(panel.troops):
+        weeks = -(-(panel.troops.visible.min() - start).astype(int) // 7)  # ceil: the first knot on or after it
+        first_known = start + max(weeks, -(FORCE_GROWTH_DAYS // 7)) * 7
+        grid = np.union1d(grid, [first_known])
     bias, noise = stage1["bias"].values[picks], stage1["noise"].values[picks]
     mean, var = filtered_level(panel, bias, noise, stage1["drift"].values[picks], grid)
     level = mean + np.sqrt(var) * shocks[:, None]
     known = ~np.isnan(level[0])
     ratio = np.zeros_like(level)
     if known.any():
-        baseline = panel.log_garrison if panel.log_garrison is not None else level[:, [np.argmax(known)]]
+        baseline = panel.log_garrison if first_known is None else level[:, [np.searchsorted(grid, first_known)]]
         ratio[:, known] = (level[:, known] - baseline) / LN2
     now = np.searchsorted(grid, knot_day)
     before = np.searchsorted(grid, knot_day - FORCE_GROWTH_DAYS)
