@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forecast import config, dataset, model, predict, priors, store
+from forecast import config, dataset, model, predict, priors, runs, store
 from forecast.features import FORCE, STATIC, TheaterPanel, build_panel, troop_obs
 from forecast.schema import Evidence, Theater
 
@@ -585,7 +585,9 @@ def run(eng, options: Options = Options()) -> dict:
                           "abs_diff": {h: round(abs(f["prob"][h]["mean"] - exact[h]["mean"]), 4) for h in exact}})
 
     doc = {"cases_run": chosen, "horizons": list(HORIZONS), "step_days": STEP_DAYS,
-           "prior_profile": profile.name, "sampler": {k: v for k, v in vars(settings).items() if k != "progressbar"},
+           "prior_profile": profile.name, "prior_hash": profile.hash, "code_version": runs.code_version(),
+           "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "sampler": {k: v for k, v in vars(settings).items() if k != "progressbar"},
            "method": ("leave-one-case-out: one fit per case without the case; the case's theater effect drawn "
                       "fresh (z ~ N(0,1)) and weighted by its survival to the as-of date (PSIS); exact as-of "
                       f"refit where Pareto k > {K_THRESHOLD}"),
@@ -771,7 +773,7 @@ def _plot_metaculus(path: Path, doc: dict) -> None:
     ax.annotate("invasion\n2022-02-24", (np.datetime64("2022-02-24"), 0.04), fontsize=8, ha="right")
     ax.set(ylim=(0, 1), ylabel="P(invasion before 2023)", title=rows[0]["question"])
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
