@@ -19,7 +19,8 @@ written and sampled differs:
   `model.all_force_paths` from this baseline's stage-1 posterior;
 - both stages sampled with `pm.sample()` and PyMC's defaults (NUTS,
   jitter+adapt_diag, 1000 tune + 1000 draws, target_accept 0.8,
-  chains = max(2, cores), cores = min(4, CPUs)). Only `random_seed` (for
+  chains = max(2, cores), cores = min(4, CPUs // 2): on 2 CPUs, 2 chains run one after
+  the other on one core). Only `random_seed` (for
   reproducibility) and `progressbar=False` (display only) are passed.
 
 `fit_baseline` returns both posteriors and the timing of each stage: compile

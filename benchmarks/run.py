@@ -1,8 +1,8 @@
 """Performance benchmark (issue 8): refit speed against a hand-written baseline, prior-update
 latency and backtest time, measured in one run on this machine.
 
-    .venv/bin/python benchmarks/run.py                      # everything, full backtest (~20 min on 2 cores)
-    .venv/bin/python benchmarks/run.py --backtest-subset    # 3 backtest cases, extrapolated (~10 min)
+    .venv/bin/python benchmarks/run.py                      # everything, full backtest (~15 min on 2 cores)
+    .venv/bin/python benchmarks/run.py --backtest-subset    # 3 backtest cases, extrapolated (~6 min)
     .venv/bin/python benchmarks/run.py --skip-baseline --skip-backtest   # quick: refit and prior update
 
 What it does, on a private temporary store (FORECAST_DB_URL / FORECAST_RUNS_DIR point into a
