@@ -41,7 +41,6 @@ import arviz as az
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-from pymc_extras.prior import Prior
 
 from forecast import model as project
 from forecast.features import FORCE, INDICATORS, TheaterPanel
@@ -106,12 +105,9 @@ def build_stage2_centred(panels: list[TheaterPanel], x_force: np.ndarray, profil
     """x_force: (paths, theater-days, 2), theater-days in panel order (as `model.build_stage2`)."""
     rows = daily_rows(panels)
     rows_of = np.eye(len(panels))[rows["theater"]]  # (days, theaters)
-    mu, sigma = profile.beta_priors()
     coords = {"indicator": INDICATORS, "theater": [p.id for p in panels]}
     with pm.Model(coords=coords) as model:
-        alpha = profile.alpha_prior().create_variable("alpha")
-        beta = Prior("Normal", mu=mu, sigma=sigma, dims="indicator").create_variable("beta")
-        sigma_theater = profile.spread_prior().create_variable("sigma_theater")
+        alpha, beta, sigma_theater = project.hazard_priors(profile)  # the project's priors, exactly
         theta = pm.Normal("theta", mu=alpha, sigma=sigma_theater, dims="theater")  # centred
 
         eta_static = theta[rows["theater"]] + pt.dot(rows["static"], beta[len(FORCE):])

@@ -265,16 +265,22 @@ def collapse(panels: list[TheaterPanel], x_force: np.ndarray) -> dict[str, np.nd
             "days": np.bincount(group).astype(float), "events": np.bincount(group, weights=event)}
 
 
+def hazard_priors(profile: Profile):
+    """alpha, beta (dims "indicator") and sigma_theater from the analyst's profile, in the current model."""
+    mu, sigma = profile.beta_priors()
+    alpha = profile.alpha_prior().create_variable("alpha")
+    beta = Prior("Normal", mu=mu, sigma=sigma, dims="indicator").create_variable("beta")
+    sigma_theater = profile.spread_prior().create_variable("sigma_theater")
+    return alpha, beta, sigma_theater
+
+
 def build_stage2(panels: list[TheaterPanel], x_force: np.ndarray, profile: Profile) -> pm.Model:
     """x_force: (paths, rows, 2), rows = theater-days in panel order."""
     g = collapse(panels, x_force)
     rows_of = np.eye(len(panels))[g["theater"]]  # (groups, theaters): sums groups per theater
-    mu, sigma = profile.beta_priors()
     coords = {"indicator": INDICATORS, "theater": [p.id for p in panels]}
     with pm.Model(coords=coords) as model:
-        alpha = profile.alpha_prior().create_variable("alpha")
-        beta = Prior("Normal", mu=mu, sigma=sigma, dims="indicator").create_variable("beta")
-        sigma_theater = profile.spread_prior().create_variable("sigma_theater")
+        alpha, beta, sigma_theater = hazard_priors(profile)
         z = pm.Normal("z", 0.0, 1.0, dims="theater")  # non-centred theater effects
 
         # Data as containers, so a backtest can reuse one compiled model across reference classes.
