@@ -31,6 +31,7 @@ FORCE = ["force_level", "force_growth"]
 INDICATORS = FORCE + STATIC  # the order of the hazard's beta vector
 FORCE_GROWTH_DAYS = 28
 NEVER = np.datetime64("9999-12-31")
+SIGN_HALF_LIFE_WEEKS = 12  # a sign not reported again fades to half its weight in twelve weeks
 
 
 def day(d: dt.date) -> np.datetime64:
@@ -87,9 +88,15 @@ def troop_obs(rows: list[Evidence]) -> TroopObs:
     )
 
 
-def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64 = NEVER) -> np.ndarray:
-    """Covariates in STATIC order for each day, from rows visible by min(day, cut)."""
+def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64 = NEVER,
+                      origin: np.datetime64 | None = None) -> np.ndarray:
+    """Covariates in STATIC order for each day, from rows visible by min(day, cut).
+
+    `origin`: the crisis start, which fixes the weekly clock signs fade on
+    (default: the first day asked for).
+    """
     days = np.asarray(days, dtype="datetime64[D]")
+    origin = days[0] if origin is None else np.datetime64(origin, "D")
     known_by = np.minimum(days, cut)
     out = np.zeros((len(days), len(STATIC)))
     col = {name: i for i, name in enumerate(STATIC)}
@@ -113,15 +120,32 @@ def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64
         arrivals += weight * seen(r)
     out[:, col["unit_arrivals"]] = np.sign(arrivals) * np.log1p(np.abs(arrivals))
 
-    for r in rows:
-        if r.kind == "sign":
-            target = col[f"sign_{r.category}"]
-        elif r.kind == "claim":
-            target = col["claim_verified" if r.verified else "claim_unverified"]
-        else:
-            continue
+    for category in SIGN_CATEGORIES:
+        reports = [r for r in rows if r.kind == "sign" and r.category == category]
+        out[:, col[f"sign_{category}"]] = _sign_intensity(reports, days, known_by, origin, seen)
+
+    for r in (r for r in rows if r.kind == "claim"):
+        target = col["claim_verified" if r.verified else "claim_unverified"]
         out[:, target] = np.maximum(out[:, target], seen(r))
     return out
+
+
+def _sign_intensity(reports, days, known_by, origin, seen) -> np.ndarray:
+    """log2(1 + the summed weight of the category's reports seen by each day).
+
+    A report weighs 1 in the crisis week it is seen and halves every
+    SIGN_HALF_LIFE_WEEKS after, so one fresh report gives 1 (the prior's
+    "once seen" likelihood ratio), repeated reports add on a log scale, and a
+    sign nobody has reported again for months fades instead of staying on
+    for the rest of a long stand-off. Ages count whole crisis weeks so the
+    covariate stays constant within a week, like the force level.
+    """
+    weight = np.zeros(len(days))
+    week = (days - origin).astype(int) // 7
+    for r in reports:
+        since = (max(day(r.date), day(visible_on(r))) - origin).astype(int) // 7
+        weight += seen(r) * 0.5 ** (np.maximum(week - since, 0) / SIGN_HALF_LIFE_WEEKS)
+    return np.log2(1 + weight)
 
 
 def _overstay(rows, exercises, days, known_by) -> np.ndarray:
@@ -159,7 +183,7 @@ def build_panel(theater: Theater, evidence: list[Evidence], cut: dt.date | None 
         raise ValueError(f"theater {theater.id} is open: give an as-of date")
     days = np.arange(day(theater.start), last + 1, dtype="datetime64[D]")
     event = (days == event_day).astype(int) if event_day is not None else np.zeros(len(days), dtype=int)
-    return TheaterPanel(theater, rows, days, static_covariates(rows, days, cut_day), event,
+    return TheaterPanel(theater, rows, days, static_covariates(rows, days, cut_day, day(theater.start)), event,
                         troop_obs(rows), cut_day)
 
 

@@ -74,7 +74,7 @@ LN2 = np.log(2)
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    draws: int = 500
+    draws: int = 1000
     tune: int = 700
     chains: int = 4
     cores: int = 2

@@ -6,7 +6,7 @@ For posterior draw d the daily hazard on a future day t (known by as-of date c) 
 
 where x(t | c) uses only evidence visible by c: scheduled exercises stay on
 their calendar (so overstay switches on by itself when an announced end passes),
-signs and claims persist, arrivals age out of their window, and the force level
+claims and arrived units persist, signs fade unless reported again, and the force level
 continues its random walk from the filtered level (its variance grows with the
 drift). Then
 
@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import expit
 
-from forecast.features import INDICATORS, TheaterPanel, build_panel, static_covariates
+from forecast.features import INDICATORS, TheaterPanel, build_panel, day, static_covariates
 from forecast.model import force_paths
 
 HORIZONS = (7, 30, 90)
@@ -60,7 +60,7 @@ def hazard_params(stage2: xr.Dataset, target: str) -> dict[str, np.ndarray]:
 def future_covariates(panel: TheaterPanel, stage1: xr.Dataset, picks, shocks, days: np.ndarray) -> np.ndarray:
     """x(t | panel.cut) for `days`: (draws, days, indicators), in INDICATORS order."""
     x_force = force_paths(panel, stage1, days, picks, shocks)
-    x_static = static_covariates(panel.rows, days, panel.cut)
+    x_static = static_covariates(panel.rows, days, panel.cut, day(panel.theater.start))
     return np.concatenate([x_force, np.broadcast_to(x_static, (len(picks),) + x_static.shape)], axis=-1)
 
 

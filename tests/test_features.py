@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from forecast import dataset, store
-from forecast.features import INDICATORS, STATIC, build_panel, data_hash, static_covariates
+from forecast.features import INDICATORS, SIGN_HALF_LIFE_WEEKS, STATIC, build_panel, data_hash, static_covariates
 from forecast.schema import MODEL_BY_KIND, Theater
 
 D = dt.date
@@ -162,18 +162,28 @@ def test_unit_move_counts_from_the_day_it_became_known():
 # --- signs and claims ------------------------------------------------------------------
 
 
-def test_signs_persist_from_first_seen_into_the_forecast():
+def test_signs_count_from_first_seen_add_up_and_fade_by_crisis_week():
     rows = [_row("sign", D(2024, 1, 12), category="medical", description="field hospital"),
             _row("sign", D(2024, 1, 20), category="medical", description="blood supplies"),
             _row("sign", D(2024, 1, 14), category="bridging", description="pontoons", reported=D(2024, 1, 18))]
     panel = build_panel(_theater(), rows, cut=D(2024, 1, 25))
     medical, bridging = panel.static[:, COL["sign_medical"]], panel.static[:, COL["sign_bridging"]]
     assert _on(panel.days, medical) == _span(D(2024, 1, 12), D(2024, 1, 25))
-    assert medical.max() == 1  # a category is on or off, however many rows
     assert _on(panel.days, bridging) == _span(D(2024, 1, 18), D(2024, 1, 25))  # from the day it was reported
-    future = panel.cut + np.arange(1, 91)
-    x = static_covariates(panel.rows, future, panel.cut)
-    assert x[:, COL["sign_medical"]].all() and x[:, COL["sign_bridging"]].all()
+    # One fresh report weighs 1 (the prior's "once seen" ratio) for the rest of its crisis week.
+    week = (panel.days - np.datetime64(START, "D")).astype(int) // 7
+    assert np.allclose(medical[(panel.days >= np.datetime64("2024-01-12")) & (week == 1)], 1.0)  # Jan 12-14
+    # A second report adds on the log2 scale: 1 + the first report's faded weight.
+    faded = 0.5 ** (1 / SIGN_HALF_LIFE_WEEKS)
+    assert medical[panel.days == np.datetime64("2024-01-20")][0] == pytest.approx(np.log2(1 + 1 + faded))
+    assert len(np.unique(medical[week == week[-1]])) == 1  # constant within a crisis week
+    # Into the forecast signs stay on but fade: half the weight after SIGN_HALF_LIFE_WEEKS more weeks.
+    future = panel.cut + np.arange(0, 7 * SIGN_HALF_LIFE_WEEKS + 1)  # the cut falls on a Thursday of week 3
+    x = static_covariates(panel.rows, future, panel.cut, np.datetime64(START, "D"))
+    assert (x[:, COL["sign_medical"]] > 0).all() and (x[:, COL["sign_bridging"]] > 0).all()
+    assert (np.diff(x[:, COL["sign_medical"]]) <= 0).all()
+    weight = 2 ** x[:, COL["sign_medical"]] - 1  # the summed report weights behind the log2
+    assert weight[-1] == pytest.approx(weight[0] / 2)
     assert not x[:, [COL[f"sign_{c}"] for c in ("fuel_ammo", "evacuation", "ultimatum")]].any()
 
 
@@ -281,7 +291,7 @@ def test_data_hash_sees_evidence_known_by_the_cut(initialised_store):
                                                   "source": "test"})
     after, _ = dataset.assemble(theaters, evidence + [extra], FLAGSHIP, as_of)
     assert data_hash(before) != data_hash(after)
-    assert after[-1].static[-1, COL["sign_medical"]] == 1
+    assert after[-1].static[-1, COL["sign_medical"]] > before[-1].static[-1, COL["sign_medical"]]
 
 
 @pytest.mark.parametrize("target, as_of", [("russia-ukraine-2022", D(2022, 1, 15)),

@@ -36,7 +36,7 @@ SMALL = dict(chains=2, cores=2, progressbar=False)
 def _params(**over) -> dict:
     mu, _ = priors.load("default").beta_priors()
     beta = mu.copy()
-    for name, value in {"force_level": 0.6, "overstay": 1.0, "sign_medical": 1.6, "claim_verified": -1.5}.items():
+    for name, value in {"force_level": 0.6, "overstay": 1.0, "sign_medical": 1.6, "claim_verified": -2.5}.items():
         beta[INDICATORS.index(name)] = value
     return {"alpha": -6.0, "beta": beta, "sigma_theater": 0.5, "bias": np.array([0.3, -0.1, 0.0, -0.2]),
             "noise": np.array([0.2, 0.35, 0.25, 0.45]), "drift": 0.15, **over}
@@ -79,9 +79,9 @@ def test_force_covariate_of_a_day_does_not_depend_on_which_days_are_asked_for():
 
 @pytest.fixture(scope="module")
 def recovery():
-    """40 simulated theaters × 120 days, fitted once (about 40 s on 2 cores, mostly compiling)."""
+    """60 simulated theaters × 120 days, fitted once (about 45 s on 2 cores, mostly compiling)."""
     params = _params()
-    sim = simulate.simulate(params, 40, 120, np.random.default_rng(11), estimates=(4, 10))
+    sim = simulate.simulate(params, 60, 120, np.random.default_rng(11), estimates=(4, 10))
     panels = sim.panels()
     fitted = model.fit(panels, panels[-1].id, priors.load("default"),
                        model.SamplerSettings(draws=300, tune=400, seed=11, **SMALL))
@@ -100,7 +100,8 @@ def _interval(draws: np.ndarray, prob: float = 0.94) -> tuple[np.ndarray, np.nda
 @pytest.mark.slow
 def test_recovery_fit_converges(recovery):
     _, sim, fitted = recovery
-    assert 10 <= (sim.event_day >= 0).sum() <= 35  # informative: neither all nor none escalate
+    n = len(sim.event_day)
+    assert 0.2 * n <= (sim.event_day >= 0).sum() <= 0.8 * n  # informative: neither all nor none escalate
     d = model.diagnostics(fitted)
     assert d["divergences"] == 0 and d["r_hat_max"] < 1.05 and d["ess_bulk_min"] > 100, d
 
