@@ -38,6 +38,11 @@ def day(d: dt.date) -> np.datetime64:
     return np.datetime64(d, "D")
 
 
+def crisis_week(days, origin: np.datetime64):
+    """Whole weeks since the crisis start: the clock of the force knots and of fading signs."""
+    return (np.asarray(days, dtype="datetime64[D]") - origin).astype(int) // 7
+
+
 def visible_on(row: Evidence) -> dt.date:
     return row.known_on
 
@@ -122,7 +127,7 @@ def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64
 
     for category in SIGN_CATEGORIES:
         reports = [r for r in rows if r.kind == "sign" and r.category == category]
-        out[:, col[f"sign_{category}"]] = _sign_intensity(reports, days, known_by, origin, seen)
+        out[:, col[f"sign_{category}"]] = _sign_intensity(reports, days, origin, seen)
 
     for r in (r for r in rows if r.kind == "claim"):
         target = col["claim_verified" if r.verified else "claim_unverified"]
@@ -130,7 +135,7 @@ def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64
     return out
 
 
-def _sign_intensity(reports, days, known_by, origin, seen) -> np.ndarray:
+def _sign_intensity(reports, days, origin, seen) -> np.ndarray:
     """log2(1 + the summed weight of the category's reports seen by each day).
 
     A report weighs 1 in the crisis week it is seen and halves every
@@ -141,9 +146,9 @@ def _sign_intensity(reports, days, known_by, origin, seen) -> np.ndarray:
     covariate stays constant within a week, like the force level.
     """
     weight = np.zeros(len(days))
-    week = (days - origin).astype(int) // 7
+    week = crisis_week(days, origin)
     for r in reports:
-        since = (max(day(r.date), day(visible_on(r))) - origin).astype(int) // 7
+        since = crisis_week(max(day(r.date), day(visible_on(r))), origin)
         weight += seen(r) * 0.5 ** (np.maximum(week - since, 0) / SIGN_HALF_LIFE_WEEKS)
     return np.log2(1 + weight)
 

@@ -61,7 +61,7 @@ import pytensor.tensor as pt
 import xarray as xr
 from pymc_extras.prior import Prior
 
-from forecast.features import FORCE, FORCE_GROWTH_DAYS, INDICATORS, STATIC, TheaterPanel
+from forecast.features import FORCE, FORCE_GROWTH_DAYS, INDICATORS, STATIC, TheaterPanel, crisis_week
 from forecast.priors import Profile
 from forecast.schema import SOURCE_TYPES
 
@@ -213,7 +213,7 @@ def filtered_level(panel: TheaterPanel, bias, noise, drift, days: np.ndarray):
 
 def week_of(panel: TheaterPanel, days: np.ndarray) -> np.ndarray:
     """Index of the weekly knot (counted from the crisis start) each day falls in."""
-    return (days - np.datetime64(panel.theater.start, "D")).astype(int) // 7
+    return crisis_week(days, np.datetime64(panel.theater.start, "D"))
 
 
 def force_paths(panel: TheaterPanel, stage1: xr.Dataset, days: np.ndarray, picks: np.ndarray,
