@@ -63,13 +63,17 @@ def _same_prior(reference: pm.Model, model: pm.Model, name: str):
     return model.register_rv(rv.owner.clone().default_output(), name, dims=reference.named_vars_to_dims.get(name))
 
 
+def knot_positions(k: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(is a theater's first knot, position of each knot within its theater: 0 for the first)."""
+    first = k["first"].astype(bool)
+    owner = np.cumsum(first) - 1  # theater (with estimates) of each knot
+    return first, np.arange(len(first)) - np.flatnonzero(first)[owner]
+
 
 def build_stage1_centred(panels: list[TheaterPanel]) -> pm.Model:
     """Log force level on the project's knots as a centred random walk (one RV per knot position)."""
     k = project.stage1_knots(panels)
-    first = k["first"].astype(bool)
-    owner = np.cumsum(first) - 1  # theater (with estimates) of each knot
-    position = np.arange(len(first)) - np.flatnonzero(first)[owner]  # 0 for a theater's first knot
+    first, position = knot_positions(k)
     coords = {"source_type": SOURCE_TYPES, "estimate": np.arange(len(k["y"]))}
     reference = project.build_stage1(panels)  # only to copy its priors of bias, noise and drift
     with pm.Model(coords=coords) as model:
@@ -208,9 +212,7 @@ def equivalence(panels: list[TheaterPanel], x_force: np.ndarray, profile: Profil
 
     # stage 1
     k = project.stage1_knots(panels)
-    first = k["first"].astype(bool)
-    owner = np.cumsum(first) - 1
-    position = np.arange(len(first)) - np.flatnonzero(first)[owner]
+    first, position = knot_positions(k)
     proj, base = project.build_stage1(panels), build_stage1_centred(panels)
     logp_p, logp_b = proj.compile_logp(), base.compile_logp()
     worst = 0.0

@@ -347,7 +347,7 @@ def bench_prior_update(run, reps: int) -> dict:
 
 def bench_baseline(eng) -> dict:
     from benchmarks import baseline_model
-    from forecast import dataset, priors
+    from forecast import dataset, priors, runs
 
     defaults = baseline_model.pymc_defaults()
     log(f"baseline: centred model, pm.sample() defaults ({defaults['chains']} chains on {defaults['cores']} "
@@ -374,7 +374,7 @@ def bench_baseline(eng) -> dict:
             "what": "max |log density difference| project vs baseline at random matched points, after the "
                     "reparameterisation Jacobian; ~0 means the same priors and likelihood"},
         "pymc_defaults": defaults,
-        "gate_pass": quality["r_hat_max"] <= 1.01 and quality["ess_bulk_min"] >= 400 and quality["divergences"] == 0,
+        "gate_pass": not runs.gate(quality),
         "machine_use": machine_use,
     })
     log(f"baseline: compile {result['compile_seconds']} s, sampling {result['sampling_seconds']} s, "
@@ -395,7 +395,7 @@ def backtest_scope(eng) -> dict:
     from forecast import backtest, store
 
     cases = backtest.load_cases(store.load_theaters(eng), store.load_evidence(eng))
-    public = json.loads((REPO / "data" / backtest.PUBLIC_FORECASTS).read_text(encoding="utf-8"))
+    public = backtest.public_forecasts(REPO / "data" / backtest.PUBLIC_FORECASTS)
     public_fits = sum(len(q["forecasts"]) for q in public["questions"] if q["theater"] in cases)
     return {"cases": len(cases), "as_of_points": {cid: len(c.as_of_dates()) for cid, c in cases.items()},
             "public_record_fits": public_fits, "fits": len(cases) + public_fits}

@@ -11,7 +11,9 @@ import time
 
 import streamlit as st
 
-from forecast import config, dataset, predict, priors, store
+from pathlib import Path
+
+from forecast import config, dataset, predict, priors, runs, store
 from forecast import dashboard_view as view
 from forecast.features import INDICATORS
 from forecast.schema import KINDS
@@ -24,24 +26,12 @@ st.set_page_config(page_title="Escalation forecast", page_icon="📈", layout="w
 
 @st.cache_resource(show_spinner="Loading the run's posterior draws…", max_entries=16)
 def reweighter(run_path: str) -> view.Reweighter:
-    from forecast import runs
-
-    return view.Reweighter(_run(run_path, runs))
-
-
-def _run(run_path: str, runs_module):
-    import json
-    from pathlib import Path
-
-    path = Path(run_path)
-    return runs_module.Run(path, json.loads((path / runs_module.MANIFEST).read_text(encoding="utf-8")))
+    return view.Reweighter(runs.Run.at(Path(run_path)))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def stage(run_path: str, n: int):
-    from forecast import runs
-
-    return _run(run_path, runs).stage(n)
+    return runs.Run.at(Path(run_path)).stage(n)
 
 
 @st.cache_data(show_spinner="Drawing ArviZ plots…", max_entries=32)
@@ -116,8 +106,6 @@ def sidebar(summaries: list[dict]) -> str:
     ids = [s["id"] for s in summaries]
     names = {s["id"]: s["name"] for s in summaries}
     states = {}
-    from forecast import runs
-
     for tid in ids:
         found = runs.history(tid)
         states[tid] = ("✓ " if any(r.published for r in found) else ("✗ " if found else "· "))

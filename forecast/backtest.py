@@ -55,10 +55,9 @@ import csv
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
-import os
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -66,13 +65,12 @@ from pathlib import Path
 
 import numpy as np
 
-from forecast import config, dataset, model, predict, priors, runs, store
+from forecast import config, dataset, model, predict, priors, report, runs, store
 from forecast.features import FORCE, STATIC, TheaterPanel, build_panel, troop_obs
 from forecast.schema import Evidence, Theater
 
 HORIZONS = predict.HORIZONS
 STEP_DAYS = 7
-INTERVAL = predict.INTERVAL
 N_BINS = 10
 K_THRESHOLD = 0.7  # Pareto k above which importance weights are not trusted
 Z_PER_DRAW = 8  # fresh theater effects per posterior draw for a held-out case
@@ -237,13 +235,6 @@ def _seed(*parts) -> list[int]:
     return [zlib.crc32(str(p).encode()) for p in parts]
 
 
-def _hazard_draws(stage2_posterior, theater: str) -> dict:
-    """alpha, beta, sigma_theater and `theater`'s z, one row per posterior draw (an as-of fit of it)."""
-    post = stage2_posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
-    return {"alpha": post["alpha"].values, "beta": post["beta"].values,
-            "sigma_theater": post["sigma_theater"].values, "z": post["z"].sel(theater=theater).values}
-
-
 def cumulative_by(fit: model.Fit, panel: TheaterPanel, params: dict, days: int,
                   rng: np.random.Generator) -> np.ndarray:
     """P(onset within 1..days days of panel.cut), per draw: (draws, days)."""
@@ -254,13 +245,6 @@ def cumulative_by(fit: model.Fit, panel: TheaterPanel, params: dict, days: int,
     ahead = panel.cut + np.arange(1, days + 1)
     x = predict.future_covariates(panel, stage1, picks, shocks, ahead)
     return predict.cumulative(predict.daily_hazard(params, x))
-
-
-def _band(values: np.ndarray, weights: np.ndarray | None = None) -> dict:
-    """Mean and 80% interval, optionally under normalised draw weights."""
-    mean = float(np.average(values, weights=weights))
-    lo, hi = predict.weighted_quantile(values, INTERVAL, weights)
-    return {"mean": round(mean, 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
 
 
 def loco_forecasts(fit: model.Fit, case: Case, seed: int) -> list[dict]:
@@ -306,8 +290,8 @@ def loco_forecasts(fit: model.Fit, case: Case, seed: int) -> list[dict]:
         smoothed, k = _psis(log_weight)
         w = np.exp(smoothed)
         out.append({"case": case.id, "as_of": as_of.isoformat(),
-                    "prob": {str(h): _band(cum[:, i], w) for i, h in enumerate(HORIZONS)},
-                    "prob_population": {str(h): _band(cum[:, i]) for i, h in enumerate(HORIZONS)},
+                    "prob": {str(h): predict.prob_band(cum[:, i], w) for i, h in enumerate(HORIZONS)},
+                    "prob_population": {str(h): predict.prob_band(cum[:, i]) for i, h in enumerate(HORIZONS)},
                     "pareto_k": None if k is None else round(k, 3), "ess": round(float(1 / np.sum(w**2)), 1),
                     "at_risk_days": len(panel.days)})
     return out
@@ -471,10 +455,11 @@ def metaculus_question(doc: dict, theater: str) -> dict | None:
 def engine_by(fit: model.Fit, theater: str, as_of: dt.date, until: dt.date, seed: int) -> dict:
     """The engine's P(escalation by `until`) as of `as_of`, from an exact as-of fit of `theater`."""
     rng = np.random.default_rng(_seed(seed, theater, as_of, until))
-    params = _hazard_draws(fit.stage2.posterior, theater)
+    params = predict.hazard_params(fit.stage2.posterior, theater)
     days = (until - as_of).days
     cum = cumulative_by(fit, fit.panel(theater), params, days, rng)
-    return {"by_close": _band(cum[:, -1]), "within_30": _band(cum[:, 29]), "within_90": _band(cum[:, 89]),
+    return {"by_close": predict.prob_band(cum[:, -1]), "within_30": predict.prob_band(cum[:, 29]),
+            "within_90": predict.prob_band(cum[:, 89]),
             "days": days}
 
 
@@ -496,8 +481,8 @@ def exact_forecast(fit: model.Fit, case: str, seed: int) -> dict:
     """P(escalation within each horizon) from an exact as-of fit of `case` (its own theater effect)."""
     panel = fit.panel(case)
     rng = np.random.default_rng(_seed(seed, case, panel.cut, "exact"))
-    cum = cumulative_by(fit, panel, _hazard_draws(fit.stage2.posterior, case), max(HORIZONS), rng)
-    return {str(h): _band(cum[:, h - 1]) for h in HORIZONS}
+    cum = cumulative_by(fit, panel, predict.hazard_params(fit.stage2.posterior, case), max(HORIZONS), rng)
+    return {str(h): predict.prob_band(cum[:, h - 1]) for h in HORIZONS}
 
 
 def run(eng, options: Options = Options()) -> dict:
@@ -587,7 +572,7 @@ def run(eng, options: Options = Options()) -> dict:
     doc = {"cases_run": chosen, "horizons": list(HORIZONS), "step_days": STEP_DAYS,
            "prior_profile": profile.name, "prior_hash": profile.hash, "code_version": runs.code_version(),
            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "sampler": {k: v for k, v in vars(settings).items() if k != "progressbar"},
+           "sampler": settings.recorded(),
            "method": ("leave-one-case-out: one fit per case without the case; the case's theater effect drawn "
                       "fresh (z ~ N(0,1)) and weighted by its survival to the as-of date (PSIS); exact as-of "
                       f"refit where Pareto k > {K_THRESHOLD}"),
@@ -623,7 +608,7 @@ def run(eng, options: Options = Options()) -> dict:
                         "source": "; ".join(q["source"] for q in questions) or None,
                         "note": "engine: exact as-of fits of the flagship (target cut at each date, reference class "
                                 "= every other closed case); hazard simulated to the question's close"}
-    gate = [f for f in fits_log if f["r_hat_max"] > 1.01 or f["ess_bulk_min"] < 400 or f["divergences"]]
+    gate = [f for f in fits_log if runs.gate(f)]
     doc["diagnostics"] = {"fits": len(fits_log), "failing_gate": len(gate),
                           "r_hat_max": max((f["r_hat_max"] for f in fits_log), default=None),
                           "ess_bulk_min": min((f["ess_bulk_min"] for f in fits_log), default=None),
@@ -656,39 +641,22 @@ def pick_checks(forecasts: list[dict], n: int) -> list[dict]:
 # --- files -------------------------------------------------------------------------------------
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are for sharing
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _csv(path: Path, header: list[str], rows: list[list]) -> None:
-    def write(tmp: Path):
-        with tmp.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            w.writerows(rows)
-
-    _atomic(path, write)
+def _csv(header: list[str], rows: list[list]) -> bytes:
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(header)
+    w.writerows(rows)
+    return text.getvalue().encode("utf-8")
 
 
 def write_outputs(doc: dict, out: Path) -> list[str]:
-    """CSV tables, the two charts and the JSON document; returns the files written."""
+    """CSV tables, the two charts and the JSON document, each written atomically; returns the files written."""
     hs = [str(h) for h in HORIZONS]
     files = []
+    out.mkdir(parents=True, exist_ok=True)
 
     def add(name, fn, *args):
-        fn(out / name, *args)
+        report.write(fn(*args), out / name)
         files.append(str(out / name))
 
     add("forecasts.csv", _csv, ["case", "as_of", "method", "pareto_k", "ess"]
@@ -717,15 +685,24 @@ def write_outputs(doc: dict, out: Path) -> list[str]:
         [[m["date"], m["metaculus"], m["metaculus_relation"], m["engine"]["mean"], m["engine"]["lo"],
           m["engine"]["hi"], m["engine_within_30"]["mean"], m["engine_within_90"]["mean"], m["difference"]]
          for m in doc["metaculus"]["rows"]])
-    add("reliability.png", lambda path, d: _atomic(path, lambda tmp: _plot_reliability(tmp, d)), doc)
+    add("reliability.png", _plot_reliability, doc)
     if doc["metaculus"]["rows"]:
-        add("metaculus.png", lambda path, d: _atomic(path, lambda tmp: _plot_metaculus(tmp, d)), doc)
+        add("metaculus.png", _plot_metaculus, doc)
     files.append(str(out / "backtest.json"))
-    _atomic(out / "backtest.json", lambda tmp: tmp.write_text(json.dumps({**doc, "files": files}, indent=2)))
+    report.write(json.dumps({**doc, "files": files}, indent=2).encode("utf-8"), out / "backtest.json")
     return files
 
 
-def _plot_reliability(path: Path, doc: dict) -> None:
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _plot_reliability(doc: dict) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -746,11 +723,10 @@ def _plot_reliability(path: Path, doc: dict) -> None:
     np.atleast_1d(axes)[0].legend(loc="upper left", fontsize=8)
     fig.suptitle(f"Leave-one-case-out reliability ({doc['n_forecasts']} forecasts, {len(doc['cases'])} cases)")
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    return _png(fig)
 
 
-def _plot_metaculus(path: Path, doc: dict) -> None:
+def _plot_metaculus(doc: dict) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -776,8 +752,7 @@ def _plot_metaculus(path: Path, doc: dict) -> None:
     ax.legend(loc="lower left", fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    return _png(fig)
 
 
 def text_summary(doc: dict) -> str:

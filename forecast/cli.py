@@ -17,7 +17,6 @@ import sqlalchemy as sa
 import typer
 
 from forecast import config, dataset, ingest, model, predict, priors, refit, report, runs, schedule, store
-from forecast.features import data_hash
 from forecast.schema import KINDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -240,14 +239,9 @@ def report_(theater: str,
         fail(f"-o {path}: is a folder; give a file name")
     if not path.parent.is_dir():
         fail(f"-o {path}: folder {path.parent} does not exist")
-    try:
-        panels, _ = dataset.from_store(eng, theater, dt.date.fromisoformat(run.manifest["as_of"]))
-        now_hash = data_hash(panels)
-    except dataset.DatasetError:
-        now_hash = None
     names = {t.id: t.name for t in store.load_theaters(eng)}
     data = report.render(run, store.load_evidence(eng, theater), fmt, theater_name=names.get(theater),
-                         current_data_hash=now_hash)
+                         current_data_hash=report.current_data_hash(eng, run))
     try:
         report.write(data, path)
     except OSError as err:

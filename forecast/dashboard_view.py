@@ -707,15 +707,9 @@ def export_report(eng, run: runs.Run, fmt: str, doc: dict, profile: priors.Profi
     reweighted forecast `doc` and that profile; otherwise it is the run's own report. Like the CLI,
     it says when the store's evidence for the run's as-of date has changed since the fit.
     """
-    from forecast import dataset, report
-    from forecast.features import data_hash
-    from forecast import store
+    from forecast import report, store
 
-    try:
-        panels, _ = dataset.from_store(eng, run.manifest["theater"], dt.date.fromisoformat(run.manifest["as_of"]))
-        now_hash = data_hash(panels)
-    except dataset.DatasetError:
-        now_hash = None
+    now_hash = report.current_data_hash(eng, run)
     rows = store.load_evidence(eng, run.manifest["theater"])
     if profile is None:
         return report.render(run, rows, fmt, theater_name=theater_name, current_data_hash=now_hash)

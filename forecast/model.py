@@ -87,6 +87,10 @@ class SamplerSettings:
     sampler: str = "nutpie"  # or "pymc"
     progressbar: bool = True
 
+    def recorded(self) -> dict:
+        """The settings that decide a fit (not how it reports progress), as a run's manifest stores them."""
+        return {k: v for k, v in vars(self).items() if k != "progressbar"}
+
 
 # --- stage 1: force level --------------------------------------------------------
 

@@ -152,11 +152,16 @@ def _scalar(band: dict) -> dict:
     return {k: round(float(v), 4) for k, v in band.items()}
 
 
+def prob_band(values: np.ndarray, weights: np.ndarray | None = None) -> dict:
+    """Mean and 80% interval of one per-draw quantity, rounded as in a forecast document."""
+    return _scalar(_band(values, weights))
+
+
 def summarise(draws: xr.Dataset, weights: np.ndarray | None = None) -> dict:
     """The forecast document (DESIGN §6) from per-draw quantities, optionally reweighted."""
     cum = draws["cumulative"].values
     days = draws["day"].values
-    prob = {str(h): _scalar(_band(cum[:, h - 1], weights)) for h in HORIZONS}
+    prob = {str(h): prob_band(cum[:, h - 1], weights) for h in HORIZONS}
     curve = _band(cum, weights)
     timing = _timing(curve["mean"], days)
     baseline = _band(draws["baseline"].values, weights)

@@ -45,7 +45,7 @@ def refit(eng, theater: str, as_of: dt.date | None = None, profile: priors.Profi
         "data_hash": data_hash(panels),
         "code_version": runs.code_version(),
         "reference_class": [p.id for p in panels if p.id != theater],
-        "sampler": {k: v for k, v in vars(settings).items() if k != "progressbar"},
+        "sampler": settings.recorded(),
         "diagnostics": diagnostics,
     }
     run = runs.save(theater, manifest, predict.summarise(draws), draws, fitted.stage1, fitted.stage2,

@@ -382,6 +382,21 @@ def pdf(html_text: str) -> bytes:
     return weasyprint.HTML(string=html_text, base_url=None, url_fetcher=_url_fetcher()).write_pdf()
 
 
+def current_data_hash(eng, run: runs.Run) -> str | None:
+    """Hash of the evidence the store holds now for the run's theater and as-of date (None: not assemblable).
+
+    Passed to `render` as `current_data_hash`, so a report says when the store changed since the fit.
+    """
+    from forecast import dataset
+    from forecast.features import data_hash
+
+    try:
+        panels, _ = dataset.from_store(eng, run.manifest["theater"], dt.date.fromisoformat(run.manifest["as_of"]))
+    except dataset.DatasetError:
+        return None
+    return data_hash(panels)
+
+
 def render(run: runs.Run, evidence_rows, fmt: str, forecast_override: dict | None = None,
            profile_override_text: str | None = None, **kwargs) -> bytes:
     """The report of `run` in `fmt` ("html", "pdf" or "json") as bytes. See the module docstring."""

@@ -72,6 +72,11 @@ class Run:
     path: Path
     manifest: dict
 
+    @classmethod
+    def at(cls, folder: Path) -> "Run":
+        """The run stored in `folder` (its manifest read from disk)."""
+        return cls(folder, json.loads((folder / MANIFEST).read_text(encoding="utf-8")))
+
     @property
     def id(self) -> str:
         return self.manifest["run_id"]
@@ -145,7 +150,7 @@ def history(theater: str) -> list[Run]:
         if folder.name.startswith(".") or not (folder / MANIFEST).is_file():
             continue
         try:
-            found.append(Run(folder, json.loads((folder / MANIFEST).read_text(encoding="utf-8"))))
+            found.append(Run.at(folder))
         except (OSError, json.JSONDecodeError):
             continue
     return sorted(found, key=lambda r: (r.manifest["created_at"], r.id))

@@ -100,9 +100,8 @@ class Result:
 
 
 def _same_fit(manifest: dict, data: str, prior: str, settings: model.SamplerSettings) -> bool:
-    sampler = {k: v for k, v in vars(settings).items() if k != "progressbar"}
     return (manifest["data_hash"] == data and manifest["prior_hash"] == prior
-            and manifest.get("sampler") == sampler and manifest.get("code_version") == runs.code_version())
+            and manifest.get("sampler") == settings.recorded() and manifest.get("code_version") == runs.code_version())
 
 
 def refit_theater(eng, theater: str, profile: priors.Profile, settings: model.SamplerSettings) -> Result:
