@@ -8,10 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from pathlib import Path
 
 import streamlit as st
-
-from pathlib import Path
 
 from forecast import config, dataset, predict, priors, runs, store
 from forecast import dashboard_view as view

@@ -78,6 +78,11 @@ class TheaterPanel:
         return self.theater.id
 
     @property
+    def start(self) -> np.datetime64:
+        """The crisis start: first at-risk day and origin of the weekly clock."""
+        return day(self.theater.start)
+
+    @property
     def log_garrison(self) -> float | None:
         return float(np.log(self.theater.garrison)) if self.theater.garrison else None
 

@@ -100,8 +100,7 @@ def _weeks(days: np.ndarray, origin: np.datetime64) -> np.ndarray:
 
 
 def _origin(panel: TheaterPanel) -> np.datetime64:
-    start = np.datetime64(panel.theater.start, "D")
-    return min(start, panel.troops.date.min()) if len(panel.troops) else start
+    return min(panel.start, panel.troops.date.min()) if len(panel.troops) else panel.start
 
 
 def stage1_knots(panels: list[TheaterPanel]) -> dict[str, np.ndarray]:
@@ -217,7 +216,7 @@ def filtered_level(panel: TheaterPanel, bias, noise, drift, days: np.ndarray):
 
 def week_of(panel: TheaterPanel, days: np.ndarray) -> np.ndarray:
     """Index of the weekly knot (counted from the crisis start) each day falls in."""
-    return crisis_week(days, np.datetime64(panel.theater.start, "D"))
+    return crisis_week(days, panel.start)
 
 
 def force_paths(panel: TheaterPanel, stage1: xr.Dataset, days: np.ndarray, picks: np.ndarray,
@@ -228,7 +227,7 @@ def force_paths(panel: TheaterPanel, stage1: xr.Dataset, days: np.ndarray, picks
     first known level); 0 until an estimate is visible. force_growth: the
     change of force_level over the last FORCE_GROWTH_DAYS.
     """
-    start = np.datetime64(panel.theater.start, "D")
+    start = panel.start
     knot_day = start + week_of(panel, days) * 7
     grid = np.unique(np.concatenate([knot_day, knot_day - FORCE_GROWTH_DAYS]))
     first_known = None  # without a garrison the baseline is the level at the first knot an estimate is visible

@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import expit
 
-from forecast.features import INDICATORS, TheaterPanel, build_panel, day, static_covariates
+from forecast.features import INDICATORS, TheaterPanel, build_panel, static_covariates
 from forecast.model import force_paths
 
 HORIZONS = (7, 30, 90)
@@ -60,7 +60,7 @@ def hazard_params(stage2: xr.Dataset, target: str) -> dict[str, np.ndarray]:
 def future_covariates(panel: TheaterPanel, stage1: xr.Dataset, picks, shocks, days: np.ndarray) -> np.ndarray:
     """x(t | panel.cut) for `days`: (draws, days, indicators), in INDICATORS order."""
     x_force = force_paths(panel, stage1, days, picks, shocks)
-    x_static = static_covariates(panel.rows, days, panel.cut, day(panel.theater.start))
+    x_static = static_covariates(panel.rows, days, panel.cut, panel.start)
     return np.concatenate([x_force, np.broadcast_to(x_static, (len(picks),) + x_static.shape)], axis=-1)
 
 
@@ -111,8 +111,7 @@ def draws_for(panel: TheaterPanel, stage1: xr.Dataset, stage2: xr.Dataset, seed:
 
 def _history_dates(panel: TheaterPanel) -> np.ndarray:
     """Weekly as-of dates from the crisis start to the as-of date (always included)."""
-    start = np.datetime64(panel.theater.start, "D")
-    steps = np.arange(panel.cut, start - 1, -HISTORY_STEP_DAYS, dtype="datetime64[D]")
+    steps = np.arange(panel.cut, panel.start - 1, -HISTORY_STEP_DAYS, dtype="datetime64[D]")
     return steps[::-1]
 
 
