@@ -16,7 +16,7 @@ from typing import Optional
 import sqlalchemy as sa
 import typer
 
-from forecast import config, dataset, ingest, model, predict, priors, refit, report, runs, schedule, store
+from forecast import config, dataset, ingest, predict, priors, refit, report, runs, sampling, schedule, store
 from forecast.schema import KINDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -52,7 +52,7 @@ def _import(eng, paths: list[Path], origin: str) -> store.ImportResult:
         typer.echo(f"error: {len(err.problems)} bad row(s); nothing was written:", err=True)
         for problem in err.problems:
             typer.echo(f"  {problem}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -102,9 +102,9 @@ def evidence(theater: str, kind: Optional[str] = typer.Option(None, "--kind", he
     eng = _engine()
     if theater not in store.theater_ids(eng):
         fail(f"unknown theater {theater!r}; see `forecast theaters`")
-    rows = [r.model_dump(mode="json") for r in store.load_evidence(eng, theater, kind)]
-    text = "\n".join(f"{r['date']}  {r['kind']:9}  {_summary(r)}  [{r['source']}]" for r in rows)
-    emit(rows, as_json, text or "no evidence")
+    rows = store.load_evidence(eng, theater, kind)
+    text = "\n".join(f"{r.date}  {r.kind:9}  {r.describe()}  [{r.source}]" for r in rows)
+    emit([r.model_dump(mode="json") for r in rows], as_json, text or "no evidence")
 
 
 def _as_of(value: Optional[str]) -> Optional[dt.date]:
@@ -146,9 +146,9 @@ def forecast_text(doc: dict) -> str:
 def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit with --all)"),
            as_of: Optional[str] = typer.Option(None, "--as-of", help="YYYY-MM-DD; default: latest evidence"),
            prior_profile: str = typer.Option("default", "--priors", help="prior profile name or .toml path"),
-           draws: int = typer.Option(model.SamplerSettings.draws, help="posterior draws per chain"),
-           tune: int = typer.Option(model.SamplerSettings.tune, help="tuning steps per chain"),
-           chains: int = typer.Option(model.SamplerSettings.chains),
+           draws: int = typer.Option(sampling.SamplerSettings.draws, help="posterior draws per chain"),
+           tune: int = typer.Option(sampling.SamplerSettings.tune, help="tuning steps per chain"),
+           chains: int = typer.Option(sampling.SamplerSettings.chains),
            sampler: str = typer.Option("nutpie", help="nutpie or pymc"),
            all_: bool = typer.Option(False, "--all", help="refit every open theater as of its latest evidence "
                                      "(the scheduled job; skips theaters already up to date)"),
@@ -161,11 +161,11 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
     if sampler not in ("nutpie", "pymc"):
         fail(f"--sampler: {sampler!r} is not one of nutpie, pymc")
     if all_:
-        _refit_all(_profile(prior_profile), model.SamplerSettings(draws=draws, tune=tune, chains=chains,
+        _refit_all(_profile(prior_profile), sampling.SamplerSettings(draws=draws, tune=tune, chains=chains,
                                                                   sampler=sampler, progressbar=False), as_json)
         return
     eng = _engine()
-    settings = model.SamplerSettings(draws=draws, tune=tune, chains=chains, sampler=sampler)
+    settings = sampling.SamplerSettings(draws=draws, tune=tune, chains=chains, sampler=sampler)
     try:
         run = refit.refit(eng, theater, _as_of(as_of), _profile(prior_profile), settings)
     except dataset.DatasetError as err:
@@ -190,7 +190,7 @@ def show(theater: str, as_json: bool = typer.Option(False, "--json")):
     emit(doc, as_json, forecast_text(doc))
 
 
-def _refit_all(profile: priors.Profile, settings: model.SamplerSettings, as_json: bool) -> None:
+def _refit_all(profile: priors.Profile, settings: sampling.SamplerSettings, as_json: bool) -> None:
     """`refit --all`: log lines (stderr with --json), the summary, exit 0/1/3, or 4 when another job runs."""
     try:
         keep = schedule.keep_runs()
@@ -274,34 +274,29 @@ def dashboard(port: int = typer.Option(8501, "--port", help="port to serve on"),
 def backtest_(case: Optional[list[str]] = typer.Option(None, "--case", help="case id (repeat); default: every closed case"),
               out: Path = typer.Option(Path("out/backtest"), "--out", help="folder for the CSV, PNG and JSON files"),
               prior_profile: str = typer.Option("default", "--priors", help="prior profile name or .toml path"),
-              draws: int = typer.Option(model.SamplerSettings.draws, help="posterior draws per chain"),
-              tune: int = typer.Option(model.SamplerSettings.tune, help="tuning steps per chain"),
-              chains: int = typer.Option(model.SamplerSettings.chains),
+              draws: int = typer.Option(sampling.SamplerSettings.draws, help="posterior draws per chain"),
+              tune: int = typer.Option(sampling.SamplerSettings.tune, help="tuning steps per chain"),
+              chains: int = typer.Option(sampling.SamplerSettings.chains),
               metaculus: Optional[bool] = typer.Option(None, "--metaculus/--no-metaculus",
                                                        help="flagship vs Metaculus (default: when the flagship is in scope)"),
               check_exact: int = typer.Option(3, "--check-exact", help="compare N weighted forecasts with exact refits"),
               as_json: bool = typer.Option(False, "--json")):
     """Leave-one-case-out forecasts, scores (Brier, skill, log, reliability, AUC) and the Metaculus comparison."""
-    from forecast import backtest
+    from forecast import backtest, backtest_report
 
     if min(draws, tune, chains) < 1 or check_exact < 0:
         fail("--draws, --tune and --chains must be positive, --check-exact not negative")
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: is a file; give a folder")
-    settings = model.SamplerSettings(draws=draws, tune=tune, chains=chains, progressbar=False)
+    settings = sampling.SamplerSettings(draws=draws, tune=tune, chains=chains, progressbar=False)
     options = backtest.Options(cases=case or None, profile=_profile(prior_profile), settings=settings,
                                metaculus=metaculus, check_exact=check_exact)
     try:
         doc = backtest.run(_engine(), options)
     except backtest.BacktestError as err:
         fail(str(err))
-    doc["files"] = backtest.write_outputs(doc, out)
-    emit(doc, as_json, backtest.text_summary(doc))
-
-
-def _summary(row: dict) -> str:
-    skip = {"kind", "theater", "date", "source", "url", "notes", "reported", "date_precision"}
-    return ", ".join(f"{k}={v}" for k, v in row.items() if k not in skip and v is not None)
+    doc["files"] = backtest_report.write_outputs(doc, out)
+    emit(doc, as_json, backtest_report.text_summary(doc))
 
 
 def main() -> None:  # pragma: no cover
