@@ -51,6 +51,9 @@ def history_charts(doc: dict, events: pd.DataFrame) -> tuple[alt.LayerChart, alt
     """
     hist = pd.DataFrame(doc["history"])
     hist["date"] = pd.to_datetime(hist["date"])
+    if "reliable" not in hist:  # a run made before the honest history
+        hist["reliable"], hist["method"], hist["pareto_k"], hist["hindsight"] = True, "hindsight", None, hist["mean"]
+    hist["reliability"] = np.where(hist["reliable"], "reliable", "unreliable (Pareto k > 0.7)")
     seen = _seen_events(events)
     first = hist["date"].min() - pd.Timedelta(days=14)  # the crisis window (earlier events sit on its edge)
     if len(seen):
@@ -66,19 +69,26 @@ def history_charts(doc: dict, events: pd.DataFrame) -> tuple[alt.LayerChart, alt
     band = base.mark_area(opacity=0.22, color="#4c78a8").encode(
         x=x, y=alt.Y("lo:Q", title=None, axis=y_axis, scale=alt.Scale(domain=[0, 1])), y2="hi:Q")
     tooltip = [alt.Tooltip("date:T", title="as of"), alt.Tooltip("mean:Q", format=".1%", title="P(within 30 days)"),
-               alt.Tooltip("lo:Q", format=".1%", title="80% low"), alt.Tooltip("hi:Q", format=".1%", title="80% high")]
+               alt.Tooltip("lo:Q", format=".1%", title="80% low"), alt.Tooltip("hi:Q", format=".1%", title="80% high"),
+               alt.Tooltip("method:N", title="how"), alt.Tooltip("pareto_k:Q", format=".2f", title="Pareto k"),
+               alt.Tooltip("reliability:N", title="weights"),
+               alt.Tooltip("hindsight:Q", format=".1%", title="in hindsight")]
     line = base.mark_line(color="#1f4e79", strokeWidth=2.5).encode(x=x, y="mean:Q")
-    points = base.mark_circle(color="#1f4e79", size=50).encode(x=x, y="mean:Q", tooltip=tooltip)
+    hindsight = base.mark_line(color="#999999", strokeDash=[5, 4], strokeWidth=1.5).encode(x=x, y="hindsight:Q")
+    points = base.mark_point(size=60, color="#1f4e79").encode(
+        x=x, y="mean:Q", tooltip=tooltip,
+        fill=alt.condition("datum.reliable", alt.value("#1f4e79"), alt.value("white")))
     as_of = alt.Chart(pd.DataFrame({"date": [pd.to_datetime(doc["as_of"])], "text": [f"as of {doc['as_of']}"]}))
     layers = [band]
     if len(seen):
         layers.append(alt.Chart(seen).mark_rule(opacity=0.2, strokeWidth=1.5).encode(
             x=x, color=colour, tooltip=_event_tooltip()))
-    layers += [line, points, as_of.mark_rule(strokeDash=[4, 3], color="#555").encode(x="date:T"),
+    layers += [hindsight, line, points, as_of.mark_rule(strokeDash=[4, 3], color="#555").encode(x="date:T"),
                as_of.mark_text(align="right", dx=-4, dy=8, color="#555").encode(x="date:T", y=alt.value(0),
                                                                                text="text:N")]
     top = alt.layer(*layers).properties(height=280, width="container",
-                                        title="P(escalation within 30 days) as known on each date")
+                                        title="P(escalation within 30 days) as the engine would have said on each "
+                                              "date (dashed grey: in hindsight; hollow: unreliable)")
     if not len(seen):
         return top, None
     strip = alt.Chart(seen).mark_point(filled=True, size=120, opacity=0.9).encode(
@@ -89,6 +99,34 @@ def history_charts(doc: dict, events: pd.DataFrame) -> tuple[alt.LayerChart, alt
         tooltip=_event_tooltip(),
     ).properties(height=alt.Step(28), width="container", title="Evidence the run saw (hover for what and source)")
     return top, strip
+
+
+def p30_distribution(values: np.ndarray, weights: np.ndarray | None) -> alt.Chart:
+    """A small histogram of P(escalation within 30 days) over the posterior draws (weighted on screen)."""
+    edges = np.linspace(0, 1, 21)
+    counts, _ = np.histogram(values, bins=edges, weights=weights)
+    frame = pd.DataFrame({"from": edges[:-1], "to": edges[1:], "share": counts / counts.sum()})
+    return alt.Chart(frame).mark_bar(color="#1f4e79").encode(
+        x=alt.X("from:Q", bin="binned", title="P(within 30 days) across draws", axis=alt.Axis(format=_PCT)),
+        x2="to:Q", y=alt.Y("share:Q", title=None, axis=None),
+        tooltip=[alt.Tooltip("from:Q", format=".0%", title="from"), alt.Tooltip("to:Q", format=".0%", title="to"),
+                 alt.Tooltip("share:Q", format=".1%", title="share of draws")],
+    ).properties(height=90, width="container")
+
+
+def timing_compare_chart(a: dict, b: dict, names: tuple[str, str]) -> alt.Chart:
+    """Two cumulative timing curves overlaid (means), labelled A and B."""
+    frames = []
+    for doc, name in zip((a, b), names):
+        cum = pd.DataFrame(doc["cumulative"])
+        cum["date"], cum["forecast"] = pd.to_datetime(cum["date"]), name
+        frames.append(cum)
+    return alt.Chart(pd.concat(frames)).mark_line(strokeWidth=2.5).encode(
+        x=alt.X("date:T", title=None),
+        y=alt.Y("mean:Q", title="P(escalation by date)", axis=alt.Axis(format=_PCT), scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("forecast:N", legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["forecast:N", alt.Tooltip("date:T"), alt.Tooltip("mean:Q", format=".1%")],
+    ).properties(height=260, width="container")
 
 
 def timing_chart(doc: dict) -> alt.LayerChart:

@@ -32,7 +32,10 @@ READY_JS = """(() => {
   const charts = document.querySelectorAll('[data-testid="stVegaLiteChart"]').length;
   const drawn = document.querySelectorAll('[data-testid="stVegaLiteChart"] canvas, '
                                           + '[data-testid="stVegaLiteChart"] svg.marks').length;
-  return JSON.stringify({text: text.includes(WAIT), running, skeleton, charts, drawn});
+  // Where the waited-for text ends on the screen: is it visible without scrolling?
+  const holder = [...document.querySelectorAll('h1, h2, h3, p')].find(e => e.innerText.includes(WAIT));
+  const bottom = holder ? holder.getBoundingClientRect().bottom : -1;
+  return JSON.stringify({text: text.includes(WAIT), running, skeleton, charts, drawn, text_bottom: bottom});
 })()"""
 
 

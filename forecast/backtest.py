@@ -99,22 +99,6 @@ def seed_of(*parts) -> list[int]:
     return [zlib.crc32(str(p).encode()) for p in parts]
 
 
-def survival_log_likelihood(panel: TheaterPanel, alpha: np.ndarray, sigma: np.ndarray, beta: np.ndarray,
-                            z: np.ndarray, paths: np.ndarray) -> np.ndarray:
-    """log P(no escalation on the panel's days) per (draw, effect), averaged over force paths as in the fit.
-
-    `alpha`, `sigma`: (draws,); `beta`: (draws, indicators); `z`: (draws, effects);
-    `paths`: (paths, days, len(FORCE)).
-    """
-    log_lik = None
-    for path in paths:
-        x = np.concatenate([path, panel.static], axis=-1)  # (days, indicators)
-        eta = hazard.log_odds(alpha[:, None, None], sigma[:, None, None], z[:, :, None], x, beta[:, None, :])
-        ll = hazard.log_survival(eta)  # (draws, effects)
-        log_lik = ll if log_lik is None else np.logaddexp(log_lik, ll)
-    return log_lik - np.log(len(paths))
-
-
 def loco_forecasts(fit: model.Fit, case: Case, seed: int) -> list[dict]:
     """Forecasts of a held-out case at each of its as-of dates, from a fit that never saw it.
 
@@ -122,7 +106,7 @@ def loco_forecasts(fit: model.Fit, case: Case, seed: int) -> list[dict]:
     the plain average: a theater the model knows nothing about. `prob` also conditions on what
     an analyst knows on the as-of date and the exact as-of fit uses: the case's own at-risk days
     so far passed without escalation. Each (draw, z) is weighted by the likelihood the as-of fit
-    would give those days (`survival_log_likelihood`: the form of `model.build_stage2`, averaged
+    would give those days (`hazard.survival_by_day`: the form of `model.build_stage2`, averaged
     over model.N_PATHS imputation paths of the force covariates, fixed across draws), with
     Pareto-smoothed importance weights (`reweight.psis`; k and the effective sample size are
     reported). The days ahead use fresh force paths per draw, as `forecast.predict` does.
@@ -140,7 +124,8 @@ def loco_forecasts(fit: model.Fit, case: Case, seed: int) -> list[dict]:
         # The days so far: no escalation. Likelihood as in the fit, over fixed imputation paths.
         picks = rng.choice(stage1.sizes["sample"], size=model.N_PATHS, replace=False)
         paths = model.force_paths(panel, stage1, panel.days, picks, rng.standard_normal(model.N_PATHS))
-        weights = reweight.psis(survival_log_likelihood(panel, alpha, sigma, beta, z, paths).ravel())
+        survival = hazard.survival_by_day(alpha, sigma, z, beta, panel.static, paths)
+        weights = reweight.psis(survival[..., -1].ravel())  # through the as-of day
 
         # The days ahead, from fresh paths per draw.
         ahead = panel.cut + np.arange(1, max(HORIZONS) + 1)

@@ -16,7 +16,8 @@ from typing import Optional
 import sqlalchemy as sa
 import typer
 
-from forecast import config, dataset, ingest, predict, priors, refit, report, runs, sampling, schedule, store
+from forecast import config, dataset, freshness, ingest, predict, priors, refit, report, runs, sampling, schedule, store
+from forecast.features import label
 from forecast.schema import KINDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -128,12 +129,14 @@ def forecast_text(doc: dict) -> str:
     lines = [f"{doc['theater']} as of {doc['as_of']}  (run {doc['run_id']}, {doc['status']}, "
              f"priors {doc['prior_profile']})", "", predict.key_judgment(doc), ""]
     for h, p in doc["prob"].items():
-        lines.append(f"  P(escalation within {h:>2} days) = {p['mean']:6.1%}   80% interval {p['lo']:.1%}–{p['hi']:.1%}")
-    lines += ["", "  drivers (log-odds of the next day's hazard vs a quiet baseline):",
+        lines.append(f"  P(escalation within {h:>2} days) = {predict.pct(p['mean']):>6}   "
+                     f"80% interval {predict.pct(p['lo'])}–{predict.pct(p['hi'])}")
+    lines += ["", "  " + predict.INTERVAL_MEANING, "",
+              "  drivers (log-odds of the next day's hazard vs a quiet baseline):",
               f"    {'baseline':22} {doc['baseline_log_odds']['mean']:+.2f}"]
     for d in doc["drivers"]:
         if abs(d["log_odds"]) >= 0.01:
-            lines.append(f"    {d['indicator']:22} {d['log_odds']:+.2f}  [{d['lo']:+.2f}, {d['hi']:+.2f}]")
+            lines.append(f"    {label(d['indicator']):38} {d['log_odds']:+.2f}  [{d['lo']:+.2f}, {d['hi']:+.2f}]")
     g = doc["diagnostics"]
     lines += ["", f"  diagnostics: max R-hat {g['r_hat_max']}, min bulk ESS {g['ess_bulk_min']:.0f}, "
                   f"divergences {g['divergences']}, sampling {g['sampling_seconds']} s"]
@@ -180,14 +183,20 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
 
 @app.command()
 def show(theater: str, as_json: bool = typer.Option(False, "--json")):
-    """The latest published forecast of a theater."""
-    if theater not in store.theater_ids(_engine()):
+    """The latest published forecast of a theater, and whether the store's evidence has changed since."""
+    eng = _engine()
+    if theater not in store.theater_ids(eng):
         fail(f"unknown theater {theater!r}; see `forecast theaters`")
     try:
-        doc = runs.require_published(theater).document()
+        run = runs.require_published(theater)
     except runs.RunError as err:
         fail(str(err), 1)
-    emit(doc, as_json, forecast_text(doc))
+    fresh = freshness.check(eng, run)
+    doc = {**run.document(), "stale": None if fresh is None else fresh.as_dict()}
+    text = forecast_text(doc)
+    if fresh is not None and fresh.stale:
+        text = f"STALE: {fresh.summary()}\n\n{text}"
+    emit(doc, as_json, text)
 
 
 def _refit_all(profile: priors.Profile, settings: sampling.SamplerSettings, as_json: bool) -> None:
@@ -241,7 +250,7 @@ def report_(theater: str,
         fail(f"-o {path}: folder {path.parent} does not exist")
     names = {t.id: t.name for t in store.load_theaters(eng)}
     data = report.render(run, store.load_evidence(eng, theater), fmt, theater_name=names.get(theater),
-                         current_data_hash=report.current_data_hash(eng, run))
+                         freshness=freshness.check(eng, run))
     try:
         report.write(data, path)
     except OSError as err:

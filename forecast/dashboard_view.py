@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from forecast import predict, priors, reweight, runs
+from forecast import freshness, predict, priors, reweight, runs
+from forecast.features import label
 from forecast.schema import Evidence, Theater
 
 # --- which run to show ---------------------------------------------------------------------
@@ -51,6 +52,13 @@ class TheaterState:
     @property
     def refit_command(self) -> str:
         return f"forecast refit {self.theater.id}"
+
+
+def status_mark(history: list[runs.Run]) -> str:
+    """The picker's mark: ✓ a published forecast, ✗ only rejected runs, · no fit yet."""
+    if any(r.published for r in history):
+        return "✓ "
+    return "✗ " if history else "· "
 
 
 def theater_state(theater: Theater, summary: dict) -> TheaterState:
@@ -86,22 +94,14 @@ def age(created_at: str, now: dt.datetime | None = None) -> str:
     return "just now"
 
 
-def pct(p: float) -> str:
-    """A probability as an analyst reads it: 31%, 0.4%, <0.1% (whole percents from 1%, as the key judgment)."""
-    if p < 0.001:
-        return "<0.1%"
-    if p < 0.01:
-        return f"{p:.1%}"
-    return f"{p:.0%}"
-
-
 def headline(doc: dict, stored: dict | None = None) -> list[dict]:
     """The three headline numbers: label, value, interval and change against the stored run."""
     out = []
     for h in ("7", "30", "90"):
         p = doc["prob"][h]
-        item = {"horizon": int(h), "label": f"Within {h} days", "value": pct(p["mean"]), "mean": p["mean"],
-                "interval": f"80% interval {pct(p['lo'])}–{pct(p['hi'])}", "words": predict.words(p["mean"]),
+        item = {"horizon": int(h), "label": f"Within {h} days", "value": predict.pct(p["mean"]), "mean": p["mean"],
+                "interval": f"80% interval {predict.pct(p['lo'])}–{predict.pct(p['hi'])}",
+                "words": predict.words(p["mean"]),
                 "delta": None}
         if stored is not None:
             change = (p["mean"] - stored["prob"][h]["mean"]) * 100
@@ -113,20 +113,20 @@ def headline(doc: dict, stored: dict | None = None) -> list[dict]:
 # --- evidence ------------------------------------------------------------------------------
 
 
-def evidence_frame(rows: list[Evidence], as_of: str | None = None) -> pd.DataFrame:
-    """Evidence as a table: date, kind, what, source, known on, whether the shown run saw it."""
-    cut = dt.date.fromisoformat(as_of) if as_of else None
-    records = []
-    for r in rows:
-        records.append({
-            "date": r.date, "kind": r.kind, "what": r.describe(), "source": r.source,
-            "known on": r.known_on,
-            "in run": (r.known_on <= cut and r.kind != "outcome") if cut else None,
-            "url": r.url, "notes": r.notes,
-        })
-    frame = pd.DataFrame.from_records(records, columns=["date", "kind", "what", "source", "known on", "in run",
-                                                        "url", "notes"])
-    return frame
+EVIDENCE_COLUMNS = ["date", "kind", "what", "in run", "source", "known on", "url", "notes"]
+
+
+def evidence_frame(rows: list[Evidence], manifest: dict | None = None) -> pd.DataFrame:
+    """Evidence as a table, key columns first: date, kind, what, whether the shown run saw it, source, ...
+
+    "in run" is true only for a row the run saw as it is now (`forecast.freshness.in_run`); without a run
+    it is empty. Missing URLs and notes are empty text, not "None".
+    """
+    records = [{"date": r.date, "kind": r.kind, "what": r.describe(),
+                "in run": freshness.in_run(manifest, r) if manifest else None,
+                "source": r.source, "known on": r.known_on, "url": r.url or "", "notes": r.notes or ""}
+               for r in rows]
+    return pd.DataFrame.from_records(records, columns=EVIDENCE_COLUMNS)
 
 
 def filter_kinds(frame: pd.DataFrame, kinds: list[str] | None) -> pd.DataFrame:
@@ -150,6 +150,50 @@ def prior_explanation(reweighted: reweight.Reweighted, n_draws: int) -> str:
     return (f"{k} is above {limit}: these priors are too far from the ones the run was fitted "
             f"with for reweighting to be trusted — the numbers on screen may be badly off. "
             f"Refit with these priors for a real answer ({draws}).")
+
+
+def p30_draws(draws, reweighted: reweight.Reweighted):
+    """Per-draw P(escalation within 30 days) and their weights on screen (None: equal)."""
+    weights = None if reweighted.weights is None else reweighted.weights.w
+    return draws["cumulative"].values[:, 29], weights
+
+
+def base_rate_problem(base: tuple[float, float, float]) -> str | None:
+    """The base-rate inputs (fractions) checked in the analyst's units, percent; None when usable."""
+    value, low, high = (100 * x for x in base)
+    if not 0 < low < high < 100:
+        return f"base rate: the 80% range {low:g}%–{high:g}% must lie between 0% and 100%, low below high"
+    if not low < value < high:
+        return f"base rate: the value {value:g}% must lie inside its 80% range {low:g}%–{high:g}%"
+    return None
+
+
+def against_direction(fitted: priors.Profile, shown: priors.Profile, stored: dict, doc: dict) -> str | None:
+    """One or two sentences when a changed base rate moved the 30-day forecast the other way."""
+    change = shown.base_rate.value - fitted.base_rate.value
+    moved = doc["prob"]["30"]["mean"] - stored["prob"]["30"]["mean"]
+    if change == 0 or abs(moved) < 0.005 or (change > 0) == (moved > 0):
+        return None
+    way = "Raising" if change > 0 else "Lowering"
+    return (f"{way} the base rate moved the 30-day forecast the other way ({predict.pct(stored['prob']['30']['mean'])}"
+            f" → {predict.pct(doc['prob']['30']['mean'])}). That is the data speaking, not an error: the reference "
+            f"class fixes how often build-ups like these escalated, so a {'higher' if change > 0 else 'lower'} "
+            f"baseline leaves {'less' if change > 0 else 'more'} of that rate for the indicators to explain, and "
+            f"their pushes (Drivers tab) {'shrink' if change > 0 else 'grow'}.")
+
+
+def compare_rows(a: dict, b: dict) -> pd.DataFrame:
+    """Two forecast documents side by side: each horizon, then each driver's push, and the difference."""
+    rows = [{"what": f"P(within {h} days)", "A": predict.pct(a["prob"][h]["mean"]),
+             "B": predict.pct(b["prob"][h]["mean"]),
+             "B − A": f"{(b['prob'][h]['mean'] - a['prob'][h]['mean']) * 100:+.1f} pts"} for h in a["prob"]]
+    drivers_b = {d["indicator"]: d["log_odds"] for d in b["drivers"]}
+    for d in a["drivers"]:
+        other = drivers_b.get(d["indicator"], 0.0)
+        if abs(d["log_odds"]) >= 0.005 or abs(other) >= 0.005:
+            rows.append({"what": f"push: {label(d['indicator'])}", "A": f"{d['log_odds']:+.2f}", "B": f"{other:+.2f}",
+                         "B − A": f"{other - d['log_odds']:+.2f}"})
+    return pd.DataFrame(rows)
 
 
 def document(run: runs.Run, shown: dict, profile: priors.Profile, reweighted: reweight.Reweighted) -> dict:
@@ -238,12 +282,12 @@ def export_report(eng, run: runs.Run, fmt: str, doc: dict, profile: priors.Profi
     """
     from forecast import report, store
 
-    now_hash = report.current_data_hash(eng, run)
+    fresh = freshness.check(eng, run)
     rows = store.load_evidence(eng, run.manifest["theater"])
     if profile is None:
-        return report.render(run, rows, fmt, theater_name=theater_name, current_data_hash=now_hash)
+        return report.render(run, rows, fmt, theater_name=theater_name, freshness=fresh)
     return report.render(run, rows, fmt, forecast_override=doc, profile_override_text=profile.text,
-                         theater_name=theater_name, current_data_hash=now_hash)
+                         theater_name=theater_name, freshness=fresh)
 
 
 def export_name(doc: dict, fmt: str) -> str:

@@ -56,3 +56,23 @@ def cumulative(h: np.ndarray) -> np.ndarray:
 def log_survival(eta: np.ndarray) -> np.ndarray:
     """log P(no onset on any of the days on the last axis) = sum log(1 - h)."""
     return log_sigmoid(-eta).sum(axis=-1)
+
+
+def survival_by_day(alpha, sigma_theater, z, beta, static: np.ndarray, paths: np.ndarray) -> np.ndarray:
+    """log P(no escalation through each day) of one theater, per draw and theater effect.
+
+    The likelihood a fit gives a theater's quiet days, as `forecast.model.build_stage2` writes it:
+    survival averaged over the imputation paths of the force covariates,
+    log mean_k exp(sum_{s <= t} log(1 - h_k(s))), for every prefix t of the days at once.
+
+    alpha, sigma_theater: (draws,); z: (draws, effects); beta: (draws, indicators);
+    static: (days, static indicators); paths: (paths, days, force indicators).
+    Returns (draws, effects, days).
+    """
+    out = None
+    for path in paths:
+        x = np.concatenate([path, static], axis=-1)  # (days, indicators), force first as in INDICATORS
+        eta = log_odds(alpha[:, None, None], sigma_theater[:, None, None], z[:, :, None], x, beta[:, None, :])
+        prefix = np.cumsum(log_sigmoid(-eta), axis=-1)
+        out = prefix if out is None else np.logaddexp(out, prefix)
+    return out - np.log(len(paths))

@@ -26,7 +26,7 @@ import xarray as xr
 
 from forecast import hazard
 from forecast.features import INDICATORS, TheaterPanel, build_panel, static_covariates
-from forecast.model import force_paths
+from forecast.model import N_PATHS, force_paths
 
 HORIZONS = (7, 30, 90)
 HISTORY_STEP_DAYS = 7
@@ -45,6 +45,24 @@ def iso(day) -> str:
 
 def words(p: float) -> str:
     return next(word for bound, word in WORDS if p < bound)
+
+
+def pct(p: float | None) -> str:
+    """A probability as an analyst reads it: 31%, 0.4%, < 0.1%, > 99% (never a rounded 0% or 100%)."""
+    if p is None:
+        return "—"
+    if p >= 0.995:
+        return "> 99%"
+    if p < 0.001:
+        return "< 0.1%"
+    if p < 0.01:
+        return f"{p:.1%}"
+    return f"{p:.0%}"
+
+
+INTERVAL_MEANING = ("The 80% interval is the spread of the probability over the model's uncertainty about its "
+                    "own parameters (10th to 90th percentile across posterior draws): how sure the model is of "
+                    "the number, not a second forecast. The number itself is the posterior mean.")
 
 
 # --- per-draw quantities ------------------------------------------------------------------
@@ -98,6 +116,8 @@ def draws_for(panel: TheaterPanel, stage1: xr.Dataset, stage2: xr.Dataset, seed:
     history_dates = _history_dates(panel)
     history = np.stack([_prob_within(panel, day, stage1_draws, params, picks, shocks, 30)
                         for day in history_dates], axis=1)
+    history_log_weight = _history_log_weights(panel, stage1_draws, params, history_dates,
+                                              np.random.default_rng([seed, 1]))
     return xr.Dataset(
         {
             "cumulative": (("draw", "day"), cum),
@@ -105,6 +125,7 @@ def draws_for(panel: TheaterPanel, stage1: xr.Dataset, stage2: xr.Dataset, seed:
             "contribution": (("draw", "indicator"), contributions),
             "indicator_value": (("draw", "indicator"), x[:, 0, :]),
             "history_30": (("draw", "history_date"), history),
+            "history_log_weight": (("draw", "history_date"), history_log_weight),
             "alpha": (("draw",), params["alpha"]),
             "beta": (("draw", "indicator"), params["beta"]),
             "sigma_theater": (("draw",), params["sigma_theater"]),
@@ -118,6 +139,24 @@ def _history_dates(panel: TheaterPanel) -> np.ndarray:
     """Weekly as-of dates from the crisis start to the as-of date (always included)."""
     steps = np.arange(panel.cut, panel.start - 1, -HISTORY_STEP_DAYS, dtype="datetime64[D]")
     return steps[::-1]
+
+
+def _history_log_weights(panel: TheaterPanel, stage1_draws: xr.Dataset, params: dict, dates: np.ndarray,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Per draw and past date d: log of the importance weight that takes the target's quiet days after d
+    back out of the fit, log P(quiet through d) - log P(quiet through the as-of date).
+
+    The fit learned from every at-risk day of the target up to its as-of date (its own theater
+    effect most of all); an as-of fit on d would have seen only the days up to d. Weighting the
+    stored draws by this ratio (`forecast.reweight`, Pareto-smoothed) gives the posterior that
+    fit would have had, up to the target's later troop estimates in stage 1.
+    """
+    picks = rng.choice(stage1_draws.sizes["sample"], size=N_PATHS, replace=False)
+    paths = force_paths(panel, stage1_draws, panel.days, picks, rng.standard_normal(N_PATHS))
+    survival = hazard.survival_by_day(params["alpha"], params["sigma_theater"], params["z"][:, None],
+                                      params["beta"], panel.static, paths)[:, 0, :]  # (draws, days)
+    through = (dates - panel.start).astype(int)  # index of each date among the panel's days
+    return survival[:, through] - survival[:, -1:]
 
 
 def _prob_within(panel, day, stage1_draws, params, picks, shocks, horizon: int) -> np.ndarray:
@@ -177,7 +216,6 @@ def summarise(draws: xr.Dataset, weights: np.ndarray | None = None) -> dict:
                 "value": round(float(value[j]), 4)}
                for j, name in enumerate(draws["indicator"].values)]
     drivers.sort(key=lambda d: -abs(d["log_odds"]))
-    history = _band(draws["history_30"].values, weights)
     return {
         "as_of": draws.attrs["as_of"],
         "prob": prob,
@@ -189,11 +227,40 @@ def summarise(draws: xr.Dataset, weights: np.ndarray | None = None) -> dict:
         "baseline_log_odds": _scalar(baseline),
         "log_odds_now": round(float(baseline["mean"] + sum(d["log_odds"] for d in drivers)), 4),
         "drivers": drivers,
-        "history": [{"date": iso(d), "mean": round(float(m), 4), "lo": round(float(lo), 4),
-                     "hi": round(float(hi), 4)}
-                    for d, m, lo, hi in zip(draws["history_date"].values, history["mean"], history["lo"],
-                                            history["hi"])],
+        "history": history(draws, weights),
     }
+
+
+def history(draws: xr.Dataset, weights: np.ndarray | None = None) -> list[dict]:
+    """P(escalation within 30 days) as the engine would have said on each past week.
+
+    Each date's draws are reweighted to the posterior an as-of fit on that date would have had
+    (`history_log_weight`, combined with `weights`, Pareto-smoothed): method "reweighted", with its
+    Pareto k and whether it is reliable (k <= reweight.PARETO_K_MAX); the as-of date itself is the
+    run ("as fitted"). `hindsight` is the same date under the run's own posterior, which knows the
+    quiet days that followed. Runs made before 2026-12-01 stored no weights: method "hindsight".
+    """
+    from forecast import reweight
+
+    values = draws["history_30"].values
+    log_w = draws["history_log_weight"].values if "history_log_weight" in draws else None
+    w = None if weights is None else weights / weights.sum()
+    base = np.zeros(len(values)) if w is None else np.log(np.maximum(w, 1e-300))  # smoothed weights may underflow
+    out = []
+    for j, day in enumerate(draws["history_date"].values):
+        hindsight = _band(values[:, j], w)
+        entry = {"date": iso(day), "method": "hindsight", "pareto_k": None, "reliable": True,
+                 "hindsight": round(float(hindsight["mean"]), 4)}
+        band = hindsight
+        if log_w is not None and np.ptp(log_w[:, j]) > 0:
+            honest = reweight.psis(base + log_w[:, j])
+            band = _band(values[:, j], honest.w)
+            entry.update(method="reweighted", pareto_k=round(honest.pareto_k, 3), reliable=honest.verdict != "unreliable")
+        elif log_w is not None:
+            entry["method"] = "as fitted"
+        entry.update({k: round(float(band[k]), 4) for k in ("mean", "lo", "hi")})
+        out.append(entry)
+    return out
 
 
 def _timing(curve: np.ndarray, days: np.ndarray) -> dict:
@@ -215,7 +282,7 @@ def key_judgment(forecast: dict) -> str:
     """The one-sentence judgment: words, numbers, most likely window."""
     p = forecast["prob"]["30"]
     t = forecast["timing"]
-    text = (f"{forecast['words'].capitalize()} ({p['mean']:.0%}, 80% interval {p['lo']:.0%}–{p['hi']:.0%}) "
+    text = (f"{forecast['words'].capitalize()} ({pct(p['mean'])}, 80% interval {pct(p['lo'])}–{pct(p['hi'])}) "
             f"to escalate within 30 days of {forecast['as_of']}")
     if t["median"]:
         text += (f"; if it comes within {t['horizon_days']} days, most likely between {t['p10']} and {t['p90']} "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from forecast import dataset, model, predict, priors, runs, sampling
+from forecast import dataset, freshness, model, predict, priors, runs, sampling
 from forecast.features import data_hash
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def refit(eng, theater: str, as_of: dt.date | None = None, profile: priors.Profi
         "prior_profile": profile.name,
         "prior_hash": profile.hash,
         "data_hash": data_hash(panels),
+        "seen": freshness.seen(panels, theater),
         "code_version": runs.code_version(),
         "reference_class": [p.id for p in panels if p.id != theater],
         "sampler": settings.recorded(),

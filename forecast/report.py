@@ -20,7 +20,7 @@ API (used by the CLI and the dashboard)::
                          profile_override_text=new_profile.text)
 
 ``render(run, evidence_rows, fmt, forecast_override=None, profile_override_text=None,
-*, theater_name=None, current_data_hash=None, generated_at=None) -> bytes``
+*, theater_name=None, freshness=None, generated_at=None) -> bytes``
 
 - ``evidence_rows``: the theater's evidence; the report lists the rows the run
   could see (known by its as-of date, outcome rows left out) and counts the others.
@@ -30,8 +30,8 @@ API (used by the CLI and the dashboard)::
   with ``profile_override_text`` (the TOML of the profile it was reweighted to), so
   the priors the report shows are the ones behind its numbers.
 - ``theater_name``: a readable title (default: the theater id).
-- ``current_data_hash``: the data hash the store gives now for the run's as-of
-  date; when it differs from the run's, the report says the evidence changed since.
+- ``freshness``: `forecast.freshness.check(eng, run)`, the store now against what
+  the run saw; when the run is stale the report says what changed and how to refit.
 - ``generated_at``: a timezone-aware datetime (default: now, UTC).
 
 ``content(...)`` (same arguments, no ``fmt``) returns the report as a dict; the
@@ -54,7 +54,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from forecast import predict, priors, runs
+from forecast import predict, priors, reweight, runs
 from forecast.features import INDICATORS, label
 
 FORMATS = ("html", "pdf", "json")
@@ -72,7 +72,7 @@ class ReportError(ValueError):
 
 def content(run: runs.Run, evidence_rows, forecast_override: dict | None = None,
             profile_override_text: str | None = None, *, theater_name: str | None = None,
-            current_data_hash: str | None = None, generated_at: dt.datetime | None = None) -> dict:
+            freshness=None, generated_at: dt.datetime | None = None) -> dict:
     """The report as a JSON-ready dict (see the module docstring for the arguments)."""
     if (forecast_override is None) != (profile_override_text is None):
         raise ReportError("forecast_override and profile_override_text go together: a reweighted forecast "
@@ -111,8 +111,9 @@ def content(run: runs.Run, evidence_rows, forecast_override: dict | None = None,
                 "prior_profile": m["prior_profile"], "prior_hash": m["prior_hash"],
                 "code_version": m["code_version"], "sampler": m.get("sampler", {}),
                 "reference_class": m.get("reference_class", [])},
-        "evidence_changed": (current_data_hash is not None and current_data_hash != m["data_hash"]),
-        "current_data_hash": current_data_hash,
+        "evidence_changed": bool(freshness is not None and freshness.stale),
+        "freshness": None if freshness is None else freshness.as_dict(),
+        "pareto_k_max": reweight.PARETO_K_MAX,
         "reweighted": reweighted,
         "key_judgment": predict.key_judgment({**doc, "as_of": m["as_of"]}),
         "forecast": forecast_part,
@@ -121,6 +122,7 @@ def content(run: runs.Run, evidence_rows, forecast_override: dict | None = None,
         "evidence": used,
         "evidence_not_used": later,
         "estimative_language": _bands(),
+        "interval_meaning": predict.INTERVAL_MEANING,
     }
 
 
@@ -228,7 +230,13 @@ def history_chart(forecast_part: dict) -> str | None:
     x = _dates(h["date"] for h in hist)
     ax.fill_between(x, [h["lo"] for h in hist], [h["hi"] for h in hist], color="#9ecae1", alpha=0.6,
                     label="80% interval", step=None)
-    ax.plot(x, [h["mean"] for h in hist], marker="o", ms=3, color="#08519c", label="P(within 30 days)")
+    ax.plot(x, [h["mean"] for h in hist], color="#08519c", label="P(within 30 days) as said on each date")
+    reliable = [h.get("reliable", True) for h in hist]
+    ax.scatter([d for d, ok in zip(x, reliable) if ok], [h["mean"] for h, ok in zip(hist, reliable) if ok],
+               s=12, color="#08519c", zorder=3)
+    ax.scatter([d for d, ok in zip(x, reliable) if not ok], [h["mean"] for h, ok in zip(hist, reliable) if not ok],
+               s=14, facecolors="white", edgecolors="#08519c", zorder=3, label="unreliable (Pareto k > 0.7)")
+    ax.plot(x, [h.get("hindsight", h["mean"]) for h in hist], color="#888888", ls="--", lw=1, label="in hindsight")
     for bound, _word in predict.WORDS[:-1]:
         ax.axhline(bound, color="#bbbbbb", lw=0.6, ls=":")
     ax.set_ylim(0, 1)
@@ -290,7 +298,8 @@ def drivers_chart(forecast_part: dict) -> str | None:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("forecast", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["pct"] = lambda p, d=0: "—" if p is None else f"{p:.{d}%}"
+    env.filters["pct"] = predict.pct
+    env.filters["share"] = lambda p: f"{p:.0%}"  # a band edge or a share, not a forecast
     env.filters["num"] = lambda x, d=2: "—" if x is None else f"{x:,.{d}f}"
     env.filters["signed"] = lambda x: f"{x:+.2f}"
     env.filters["odds"] = lambda x: f"×{math.exp(x):.2f}"
@@ -326,21 +335,6 @@ def pdf(html_text: str) -> bytes:
     import weasyprint
 
     return weasyprint.HTML(string=html_text, base_url=None, url_fetcher=_url_fetcher()).write_pdf()
-
-
-def current_data_hash(eng, run: runs.Run) -> str | None:
-    """Hash of the evidence the store holds now for the run's theater and as-of date (None: not assemblable).
-
-    Passed to `render` as `current_data_hash`, so a report says when the store changed since the fit.
-    """
-    from forecast import dataset
-    from forecast.features import data_hash
-
-    try:
-        panels, _ = dataset.from_store(eng, run.manifest["theater"], dt.date.fromisoformat(run.manifest["as_of"]))
-    except dataset.DatasetError:
-        return None
-    return data_hash(panels)
 
 
 def render(run: runs.Run, evidence_rows, fmt: str, forecast_override: dict | None = None,

@@ -62,7 +62,8 @@ def code_version() -> str:
 
 
 def new_run_id(now: dt.datetime) -> str:
-    return now.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    """Sortable by time to the millisecond (runs made within one second keep their order), then unique."""
+    return now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond // 1000:03d}" + uuid.uuid4().hex[:4]
 
 
 @dataclass

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from forecast import predict
+
 from conftest import FLAGSHIP, REPO
 
 APP = REPO / "dashboards" / "app.py"
@@ -83,24 +85,23 @@ def priors_dir(tmp_path, monkeypatch) -> Path:
 
 
 def test_every_tab_shows_the_stored_forecast(fitted_store, no_sampling):
-    from forecast import dashboard_view as view
     from forecast import store
 
     doc = flagship_run().document()
     at = app()
-    assert "Russian build-up" in at.title[0].value
-    assert headline(at) == [view.pct(doc["prob"][h]["mean"]) for h in ("7", "30", "90")]
-    assert f"to escalate within 30 days — {view.pct(doc['prob']['30']['mean'])}" in texts(at.markdown)
+    assert "Russian build-up" in at.subheader[0].value
+    assert headline(at) == [predict.pct(doc["prob"][h]["mean"]) for h in ("7", "30", "90")]
+    assert f"to escalate within 30 days — {predict.pct(doc['prob']['30']['mean'])}" in texts(at.markdown)
     assert doc["words"].capitalize() in texts(at.markdown)
     assert f"As of {doc['as_of']}" in texts(at.markdown) and "published" in texts(at.markdown)
     assert doc["run_id"] in texts(at.caption)
 
-    # Forecast (the default tab): history, its evidence strip, and timing.
-    assert len(at.get("vega_lite_chart")) == 3
+    # Forecast (the default tab): the spread of P(30 days) by the headline, history, its evidence strip, timing.
+    assert len(at.get("vega_lite_chart")) == 4
     assert "median onset" in texts(at.caption)
 
     open_tab(at, "Drivers")
-    assert len(at.get("vega_lite_chart")) == 1
+    assert len(at.get("vega_lite_chart")) == 2  # the headline's spread and the waterfall
     drivers = at.dataframe[0].value
     assert len(drivers) == len(doc["drivers"])
     assert drivers["log-odds"].iloc[0] == doc["drivers"][0]["log_odds"]
@@ -169,7 +170,7 @@ def test_prior_change_moves_the_headline_instantly_without_sampling(sampled_stor
     # The other tabs show the reweighted numbers too (they are drawn from the same document).
     open_tab(at, "Forecast")
     assert headline(at) == after
-    assert len(at.get("vega_lite_chart")) == 3
+    assert len(at.get("vega_lite_chart")) == 4
 
     # Back to the run's priors: back to the stored numbers.
     open_tab(at, "Priors")
@@ -253,9 +254,8 @@ def test_rejected_latest_run_shows_the_last_published_and_why(fitted_store, no_s
     assert rejected_id in warning and "rejected" in warning and "max R-hat 1.080 > 1.01" in warning
     assert published.id in warning
     assert published.id in texts(at.caption)
-    from forecast import dashboard_view as view
 
-    assert headline(at)[1] == view.pct(published.document()["prob"]["30"]["mean"])
+    assert headline(at)[1] == predict.pct(published.document()["prob"]["30"]["mean"])
 
 
 def test_no_run_yet_says_which_command_to_run(initialised_store, no_sampling):

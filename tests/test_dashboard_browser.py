@@ -23,11 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from forecast import predict
+
 from conftest import FLAGSHIP, REPO, console_script
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("chromium") is None and not os.environ.get("CHROMIUM") and not os.environ.get("CI"),
-    reason="needs Debian's chromium (installed by .ci/run)")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CHROMIUM")
+                       and not os.environ.get("CI"), reason="needs Debian's chromium (installed by .ci/run)"),
+    pytest.mark.slow,  # the page of a real fit, in a real browser
+]
 
 
 def _screenshot_module():
@@ -92,11 +96,10 @@ def _outside_address() -> str | None:
 def test_screenshot_shows_the_headline_and_charts(dashboard_url, tmp_path):
     from PIL import Image
 
-    from forecast import dashboard_view as view
     from forecast import runs
 
     doc = runs.require_published(FLAGSHIP).document()
-    headline = f"to escalate within 30 days — {view.pct(doc['prob']['30']['mean'])}"
+    headline = f"to escalate within 30 days — {predict.pct(doc['prob']['30']['mean'])}"
     png, dom = tmp_path / "dashboard.png", tmp_path / "dashboard.html"
     started = time.perf_counter()
     state = _screenshot_module().capture(dashboard_url, png, dom, wait_text=headline, size=(1400, 2000),
@@ -111,9 +114,9 @@ def test_screenshot_shows_the_headline_and_charts(dashboard_url, tmp_path):
     assert headline in html
     assert doc["words"].capitalize() in html
     assert doc["run_id"] in html
-    for tab in ("Forecast", "Drivers", "Evidence", "Priors", "Diagnostics", "Export"):
+    for tab in ("Forecast", "Drivers", "Evidence", "Priors", "Diagnostics", "Compare", "Export"):
         assert f">{tab}<" in html
-    assert state["charts"] == 3 and state["drawn"] >= 3
+    assert state["charts"] == 4 and state["drawn"] >= 4  # the spread of P(30 days), history, evidence, timing
 
     # Bound to localhost by default: not reachable on the machine's other address.
     outside = _outside_address()
@@ -135,3 +138,36 @@ def test_screenshot_shows_the_headline_and_charts(dashboard_url, tmp_path):
     r, g, b = np.asarray(image).reshape(-1, 3).astype(int).T
     assert np.sum((b > 100) & (r < 60)) > 200, "the history line (dark blue) is not on the page"
     assert np.sum((r > 150) & (g < 80) & (b < 80)) > 200, "the timing curve (red) is not on the page"
+
+
+def test_a_link_by_theater_id_opens_that_theater_with_the_number_in_view(dashboard_url, tmp_path):
+    """?theater=ID&tab=Drivers opens the flagship, before and after another theater gets a run; at 1024 x 768
+    the 30-day number is on screen without scrolling; an unknown id says so and shows nothing else."""
+    import datetime as dt
+
+    from forecast import refit, runs, store
+
+    from prior_sampling import prior_sample
+
+    doc = runs.require_published(FLAGSHIP).document()
+    headline = f"to escalate within 30 days — {predict.pct(doc['prob']['30']['mean'])}"
+    link = dashboard_url + f"?theater={FLAGSHIP}&tab=Drivers"
+    shoot = _screenshot_module().capture
+    for step in ("before", "after"):
+        png, dom = tmp_path / f"link-{step}.png", tmp_path / f"link-{step}.html"
+        state = shoot(link, png, dom, wait_text=headline, size=(1024, 768), timeout=150)
+        html = dom.read_text(encoding="utf-8")
+        assert "What drives the forecast" in html, step  # the Drivers tab, from the link
+        assert 0 < state["text_bottom"] <= 768, f"{step}: the 30-day number ends at {state['text_bottom']} px"
+        if step == "before":
+            keep = os.environ.get("FORECAST_SAVE_SCREENSHOT_1024")
+            if keep:
+                shutil.copyfile(png, Path(keep))
+            # Another theater gets a (quick, prior-draw) run: the link must still open the flagship.
+            run = refit.refit(store.engine(), "zapad-2017", dt.date(2017, 8, 15), sample=prior_sample)
+            assert run.published
+    missing = tmp_path / "missing.html"
+    shoot(dashboard_url + "?theater=atlantis-2099", tmp_path / "missing.png", missing,
+          wait_text="No theater with id", size=(1024, 768), timeout=150)
+    text = missing.read_text(encoding="utf-8")
+    assert "atlantis-2099" in text and "to escalate within 30 days" not in text

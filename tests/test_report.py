@@ -87,8 +87,8 @@ def test_json_report_holds_the_same_content(fitted_store, tmp_path):
     doc = json.loads(_report(fitted_store, "json", tmp_path))
     assert doc["theater"]["id"] == FLAGSHIP and doc["theater"]["name"].startswith("Russian build-up")
     assert doc["run"]["run_id"] == shown["run_id"] and doc["run"]["status"] == "published"
-    assert doc["run"]["data_hash"] == shown["data_hash"] and doc["current_data_hash"] == shown["data_hash"]
-    assert doc["evidence_changed"] is False and doc["reweighted"] is None
+    assert doc["run"]["data_hash"] == shown["data_hash"] and doc["freshness"]["stale"] is False
+    assert doc["evidence_changed"] is False and doc["reweighted"] is None and shown["stale"]["stale"] is False
     assert doc["run"]["code_version"] == shown["code_version"] and doc["generator_code_version"]
     assert doc["generated_at"] and doc["as_of"] == FLAGSHIP_AS_OF
     from forecast import predict
@@ -131,9 +131,10 @@ def test_analyst_markup_is_shown_as_text(fitted_store, tmp_path):
     doc = json.loads(_report(fitted_store, "json", tmp_path))
     assert NASTY_NOTE in [e["notes"] for e in doc["evidence"]]
     assert doc["evidence_changed"] is True
+    assert doc["freshness"]["added"] == 1 and "1 row added" in doc["freshness"]["summary"]
 
-    text = _pdf_text(_report(fitted_store, "pdf", tmp_path))
-    assert "<script>alert('note')</script>" in text
+    text = _pdf_text(_report(fitted_store, "pdf", tmp_path))  # the PDF lists rows without their notes
+    assert NASTY_ROW["description"] in text.replace("\n", " ")
 
 
 def test_reweighted_export_for_the_dashboard(fitted_store):
