@@ -3,6 +3,8 @@
 FORECAST_HOME     project root holding data/ and models/ (default: this checkout)
 FORECAST_DB_URL   SQLAlchemy URL of the evidence store (default: SQLite file)
 FORECAST_RUNS_DIR fitted runs (default: <home>/models/runs)
+
+Bad settings raise SettingsError (the CLI prints one line and exits 1).
 """
 
 from __future__ import annotations
@@ -29,3 +31,21 @@ def runs_dir() -> Path:
 
 def db_url() -> str:
     return os.environ.get("FORECAST_DB_URL", f"sqlite:///{home() / 'forecast.db'}")
+
+
+class SettingsError(ValueError):
+    """A setting in the environment that cannot be used; the message names it."""
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """One `warning: ...` line on stderr, once per message per process (damaged runs, skipped files)."""
+    import sys
+
+    if message in _warned:
+        return
+    _warned.add(message)
+    text = f"warning: {message}"
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
