@@ -6,6 +6,7 @@ Layout only; what is shown is computed in `forecast.dashboard_view` from stored 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import math
 import time
 from pathlib import Path
@@ -309,7 +310,7 @@ def priors_tab(state: view.TheaterState, rw: view.Reweighter, profile: priors.Pr
     for name in INDICATORS:
         s = rw.profile.indicators[name]
         cols = st.columns([3, 1, 1, 1])
-        cols[0].markdown(f"{view.label(name)}  \n<small>{s.unit}</small>", unsafe_allow_html=True,
+        cols[0].markdown(f"{view.label(name)}  \n<small>{html.escape(s.unit)}</small>", unsafe_allow_html=True,
                          help=s.rationale)
         for col, part in zip(cols[1:], PARTS):
             prior_input(col, f"{name} {part}", _key(name, part), min_value=0.01, max_value=100.0, step=0.1,
