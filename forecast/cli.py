@@ -51,6 +51,7 @@ class _Commands(TyperGroup):
     """The top-level error handler: store, I/O and settings errors become one stderr line and an exit code."""
 
     def invoke(self, ctx):
+        config.reset_warnings()  # each command reports what it meets (tests run many in one process)
         try:
             return super().invoke(ctx)
         except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):

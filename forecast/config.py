@@ -40,6 +40,10 @@ class SettingsError(ValueError):
 _warned: set[str] = set()
 
 
+def reset_warnings() -> None:
+    _warned.clear()
+
+
 def warn(message: str) -> None:
     """One `warning: ...` line on stderr, once per message per process (damaged runs, skipped files)."""
     import sys

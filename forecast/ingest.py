@@ -210,9 +210,8 @@ def _validate(file: str, records, known_theaters, jsonl: bool = False, case_file
                     continue
                 if jsonl and theater.id != stem:
                     message = f"{theater.id!r} is not the file name ({stem}.jsonl); FORMAT.md: id equals the file name"
+                    # a problem for a case file (the batch is refused), a warning for an import
                     (parsed.problems if case_file else parsed.warnings).append(Problem(file, line, "id", message))
-                    if case_file:
-                        continue
                 declared[theater.id] = line
                 parsed.theaters.append(theater)
                 parsed.theater_where.append((file, line))

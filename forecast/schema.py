@@ -12,7 +12,7 @@ import math
 import re
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
                       model_validator)
 
 SOURCE_TYPES = ("official", "government", "osint", "media")
@@ -54,6 +54,12 @@ def _number(value):
     return value
 
 
+def _bool(value):
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {_what(value)}")
+    return value
+
+
 def _day(value):
     if isinstance(value, dt.datetime) or not isinstance(value, (str, dt.date)):
         raise ValueError(f"must be a date as text YYYY-MM-DD, not {_what(value)}")
@@ -92,6 +98,7 @@ def _what(value) -> str:
     return {"list": "a list", "dict": "an object"}.get(type(value).__name__, type(value).__name__)
 
 
+Bool = Annotated[bool, BeforeValidator(_bool)]
 Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Personnel = Annotated[Number, Field(gt=0, le=MAX_PERSONNEL)]
 Day = Annotated[dt.date, BeforeValidator(_day), AfterValidator(_day_in_bounds)]
@@ -205,14 +212,14 @@ class Sign(Evidence):
 class Claim(Evidence):
     kind: Literal["claim"]
     claim_type: Literal[CLAIM_TYPES]
-    verified: StrictBool
+    verified: Bool
     verified_by: Note | None = None
     key_fields: ClassVar[tuple[str, ...]] = ("date", "claim_type", "source")
 
 
 class Outcome(Evidence):
     kind: Literal["outcome"]
-    escalated: StrictBool
+    escalated: Bool
     key_fields: ClassVar[tuple[str, ...]] = ()
 
 
