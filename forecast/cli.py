@@ -39,8 +39,9 @@ def _classify(err: Exception) -> tuple[int, str] | None:
     if isinstance(err, (store.StoreError, config.SettingsError, schedule.SettingError, runs.RunError)):
         return 1, str(err)
     if isinstance(err, sa.exc.SQLAlchemyError):
+        busy = "; another command holds the store: try again" if "locked" in _first_line(err) else ""
         return 1, (f"the evidence store {store.shown(config.db_url())} cannot be used "
-                   f"({type(getattr(err, 'orig', None) or err).__name__}): {_first_line(err)}")
+                   f"({type(getattr(err, 'orig', None) or err).__name__}): {_first_line(err)}{busy}")
     if isinstance(err, OSError):
         where = f"{err.filename}: " if err.filename else ""
         return 1, f"{where}{err.strerror or _first_line(err)}"

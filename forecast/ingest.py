@@ -383,6 +383,36 @@ def case_files(root: Path) -> list[Path]:
     return sorted((root / "cases").glob("*.jsonl"))
 
 
+def _stored_row_problems(eng, parsed: Parsed, theaters: dict, outcomes: dict) -> list[Problem]:
+    """A new outcome or a moved start must not leave rows already stored outside the window."""
+    from forecast import store
+
+    changed: dict[str, tuple[str, int]] = {}  # theater id -> where the batch changes its window
+    for theater, where in zip(parsed.theaters, parsed.theater_where):
+        if theater.id in theaters and theaters[theater.id].start != theater.start:
+            changed.setdefault(theater.id, where)
+    for row, where in zip(parsed.evidence, parsed.where):
+        if row.kind == "outcome" and row.theater not in outcomes:
+            changed.setdefault(row.theater, where)
+    if not changed:
+        return []
+    declared = {t.id: t for t in parsed.theaters}
+    new_outcomes = {r.theater: r for r in parsed.evidence if r.kind == "outcome"}
+    in_batch = {r.key() for r in parsed.evidence}
+    problems = []
+    for theater_id, (file, line) in changed.items():
+        theater = declared.get(theater_id, theaters.get(theater_id))
+        outcome = new_outcomes.get(theater_id) or outcomes.get(theater_id, (None, None))[1]
+        stored = [r for r in store.load_evidence(eng, theater_id) if r.key() not in in_batch]
+        for row in stored:
+            if row.kind == "outcome" and theater_id in new_outcomes:
+                continue
+            for name, reason in window_problems(row, theater, outcome):
+                problems.append(Problem(file, line, "window", f"the stored {row.kind} row {store.row_id(row)} "
+                                        f"would fall outside the new window ({name}: {reason}); retract it first"))
+    return problems
+
+
 def import_files(eng, paths: list[Path], origin: str, case_files: bool = False, warn=None):
     """Validate every file, then write all rows in one transaction or nothing.
 
@@ -391,7 +421,10 @@ def import_files(eng, paths: list[Path], origin: str, case_files: bool = False, 
     from forecast import store
 
     theaters = {t.id: t for t in store.load_theaters(eng)}
-    parsed = read_paths(paths, theaters, store.current_outcomes(eng), case_files=case_files)
+    outcomes = store.current_outcomes(eng)
+    parsed = read_paths(paths, theaters, outcomes, case_files=case_files)
+    if not parsed.problems:
+        parsed.problems += _stored_row_problems(eng, parsed, theaters, outcomes)
     if parsed.problems:
         raise InvalidInput(parsed.problems)
     for problem in parsed.warnings:

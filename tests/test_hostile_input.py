@@ -685,3 +685,20 @@ def test_dashboard_escapes_the_profile_unit():
     spots = [line for line in source.splitlines() if "unsafe_allow_html=True" in line]
     assert spots and all("{s.unit}" not in line for line in spots)
     assert any("html.escape(s.unit)" in line for line in spots)
+
+
+def test_a_new_outcome_may_not_strand_stored_rows(initialised_cli, tmp_path):
+    """An open theater's rows are stored; a later outcome dated before some of them is refused, naming them."""
+    initialised_cli.ok("import", _jsonl(tmp_path / "probe-2025.jsonl", THEATER, TROOPS,
+                                        {"kind": "sign", "date": "2025-02-20", "category": "medical",
+                                         "description": "late", "source": "S"}))
+    before = all_counts(initialised_cli.db_url)
+    early = {**OUTCOME, "theater": "probe-2025", "date": "2025-02-01"}
+    result = initialised_cli("import", _jsonl(tmp_path / "outcome.jsonl", early))
+    _refused(result)
+    assert _problems(result.stderr) == [(1, "window")] and "stored sign row" in result.stderr
+    assert all_counts(initialised_cli.db_url) == before
+    moved = initialised_cli("import", _jsonl(tmp_path / "probe-2025.jsonl", {**THEATER, "start": "2025-01-15"}))
+    _refused(moved)
+    assert "stored troops row" in moved.stderr
+    initialised_cli.ok("import", _jsonl(tmp_path / "outcome.jsonl", {**early, "date": "2025-02-21"}))
