@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 THEATER ?= russia-ukraine-2022
 AS_OF   ?= 2022-02-15
 
-.PHONY: venv run test dashboard clean-venv
+.PHONY: venv run test test-fast lint dashboard clean-venv
 
 # The venv is created once; the package (editable, with test extras) is reinstalled
 # only when pyproject.toml changes (the stamp file records the last install).
@@ -29,6 +29,13 @@ run: venv
 
 test: venv
 	$(BIN)/pytest -q
+
+# Everything that does not sample a real posterior (under 90 s on 2 cores).
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check .
 
 dashboard: venv
 	$(BIN)/forecast init

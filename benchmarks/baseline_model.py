@@ -44,23 +44,13 @@ import pytensor.tensor as pt
 
 from forecast import model as project
 from forecast.features import FORCE, INDICATORS, TheaterPanel
-from forecast.priors import Profile
+from forecast.priors import STAGE1_PRIORS, Profile
 from forecast.schema import SOURCE_TYPES
 
 RANDOM_SEED = 20220224  # the project's seed; sets RNG state only, not a sampler setting
 
 
 # --- stage 1: centred random walk ---------------------------------------------------------
-
-
-def _same_prior(reference: pm.Model, model: pm.Model, name: str):
-    """The reference model's prior of `name` (a constant-parameter RV), registered in `model`.
-
-    Keeps the baseline's priors of bias, noise and drift identical to the project's,
-    whatever the project changes them to; their transforms follow the distribution.
-    """
-    rv = reference[name]
-    return model.register_rv(rv.owner.clone().default_output(), name, dims=reference.named_vars_to_dims.get(name))
 
 
 def knot_positions(k: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -75,12 +65,11 @@ def build_stage1_centred(panels: list[TheaterPanel]) -> pm.Model:
     k = project.stage1_knots(panels)
     first, position = knot_positions(k)
     coords = {"source_type": SOURCE_TYPES, "estimate": np.arange(len(k["y"]))}
-    reference = project.build_stage1(panels)  # only to copy its priors of bias, noise and drift
     with pm.Model(coords=coords) as model:
-        bias, noise, drift = (_same_prior(reference, model, name) for name in ("bias", "noise", "drift"))
+        # The project's stage-1 priors, exactly (forecast.priors.STAGE1_PRIORS).
+        bias, noise, drift = (STAGE1_PRIORS[name].create_variable(name) for name in project.STAGE1_VARS)
 
         level = pt.zeros(len(first))
-        previous = None  # level at position j - 1 of every knot at position j
         for j in range(int(position.max()) + 1):
             at = np.flatnonzero(position == j)
             gap = k["gap"][at]

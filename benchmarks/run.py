@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import shutil
@@ -48,7 +47,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 TARGET, AS_OF = "russia-ukraine-2022", dt.date(2022, 2, 15)
-MAIN_PARAMS = {"stage1": ["bias", "noise", "drift"], "stage2": ["alpha", "beta", "sigma_theater"]}
+from forecast.model import HAZARD_PARAMS, STAGE1_VARS  # noqa: E402 (after the path set-up above)
+
+MAIN_PARAMS = {"stage1": STAGE1_VARS, "stage2": HAZARD_PARAMS}
 BACKTEST_SUBSET = ["crimea-2014", "georgia-2008", "zapad-2017"]  # escalated short, escalated long, none
 TARGETS = {"refit_sampling_seconds": 20.0, "speedup_ess_per_second": 3.0, "prior_update_ms": 200.0,
            "backtest_full_seconds": 15 * 60.0}
@@ -195,9 +196,9 @@ def efficiency(seconds: dict, quality: dict) -> dict:
 
 
 def bench_project(eng) -> tuple[dict, object]:
-    from forecast import model, refit
+    from forecast import refit, sampling
 
-    settings = model.SamplerSettings(progressbar=False)
+    settings = sampling.SamplerSettings(progressbar=False)
     log(f"project refit: {TARGET} as of {AS_OF} (nutpie, {settings.chains} chains, {settings.tune} tune + "
         f"{settings.draws} draws; stage 1 x{settings.stage1_draws_factor} draws)")
     clock = CpuClock()
@@ -249,11 +250,8 @@ def _edit(i: int) -> tuple[float, float]:
 
 
 def prior_update_package(run, reps: int) -> dict:
-    """The path as the package exposes it: Profile.log_density (PreliZ fits), az.psislw, summarise."""
-    import arviz as az
-    import numpy as np
-
-    from forecast import predict, priors
+    """The path as the package exposes it: Profile.log_density (closed-form prior solve), reweight.psis, summarise."""
+    from forecast import predict, priors, reweight
 
     old = priors.parse(run.profile_text())
     base0, ind = old.base_rate, PRIOR_CHANGE["indicator"]
@@ -270,18 +268,16 @@ def prior_update_package(run, reps: int) -> dict:
                               name="benchmark-edit")
         log_new = new.log_density(draws["alpha"].values, draws["beta"].values, draws["sigma_theater"].values)
         t2 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            lw, k = az.psislw(log_new - draws["log_prior"].values)
-        weights = np.exp(lw - lw.max())
+        log_old = old.log_density(draws["alpha"].values, draws["beta"].values, draws["sigma_theater"].values)
+        weights = reweight.psis(log_new - log_old)
         t3 = time.perf_counter()
-        doc = predict.summarise(draws, weights)
+        doc = predict.summarise(draws, weights.w)
         t4 = time.perf_counter()
         for name, value in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
             steps[name].append(value * 1000)
-        k_hat = float(k)
+        k_hat = weights.pareto_k
     return {"what": "per edit: run.draws() from disk -> Profile.with_values -> Profile.log_density "
-                    "(PreliZ maxent for each changed prior) -> az.psislw -> predict.summarise(draws, weights)",
+                    "(closed-form solve of each changed prior) -> reweight.psis -> predict.summarise(draws, weights)",
             "ms": {name: _stats(v) for name, v in steps.items()},
             "pareto_k": round(k_hat, 3), "p30_after": doc["prob"]["30"]["mean"], "draws": int(len(draws["alpha"]))}
 
@@ -289,12 +285,12 @@ def prior_update_package(run, reps: int) -> dict:
 def prior_update_dashboard(run, reps: int) -> dict:
     """The dashboard's own path (forecast.dashboard_view): draws loaded once per run (the app caches
     the Reweighter), then per edit adjusted_profile -> Reweighter.apply."""
-    import numpy as np
 
     from forecast import dashboard_view as view
+    from forecast import reweight
 
     t0 = time.perf_counter()
-    rw = view.Reweighter(run)
+    rw = reweight.PriorReweighter(run)
     load_ms = (time.perf_counter() - t0) * 1000
     base0, ind = rw.profile.base_rate, PRIOR_CHANGE["indicator"]
     lr0 = rw.profile.indicators[ind]
@@ -308,13 +304,13 @@ def prior_update_dashboard(run, reps: int) -> dict:
         t2 = time.perf_counter()
         total.append((t2 - t0) * 1000)
         apply_ms.append((t2 - t1) * 1000)
-    return {"what": "per edit: dashboard_view.adjusted_profile -> Reweighter.apply (fast prior solver: "
-                    f"{rw.fast}; az.psislw; predict.summarise); draws loaded once per run, cached by the app",
+    return {"what": "per edit: dashboard_view.adjusted_profile -> PriorReweighter.apply (closed-form prior "
+                    "solve; reweight.psis; predict.summarise); draws loaded once per run, cached by the app",
             "load_once_ms": round(load_ms, 1),
             "ms": {"total": _stats(total), "apply": _stats(apply_ms)},
             "first_edit_after_load_ms": round(load_ms + total[0], 1),
             "pareto_k": round(result.pareto_k, 3), "ess": round(result.ess, 1), "verdict": result.verdict,
-            "p30_after": result.document["prob"]["30"]["mean"], "draws": result.n_draws}
+            "p30_after": result.document["prob"]["30"]["mean"], "draws": rw.n_draws}
 
 
 def bench_prior_update(run, reps: int) -> dict:

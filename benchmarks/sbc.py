@@ -54,7 +54,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from forecast import model, priors, simulate  # noqa: E402
+from forecast import model, priors, sampling, simulate  # noqa: E402
 from forecast.features import INDICATORS  # noqa: E402
 from forecast.schema import SOURCE_TYPES  # noqa: E402
 
@@ -106,7 +106,7 @@ def replicate(i: int, params: dict, args, compiler=None, verify: bool = False) -
     started = time.perf_counter()
     sim = simulate.simulate(params, args.theaters, args.days, rng, estimates=tuple(args.estimates))
     panels = sim.panels()
-    settings = model.SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores,
+    settings = sampling.SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores,
                                      seed=args.seed * 1000 + i, progressbar=False)
     # Fixed latent sizes (a start per theater, the most increments the estimates allow), so every
     # replicate has the same graph and the compiled model is reused with the new data.
@@ -175,7 +175,7 @@ def summarise(done: list[dict], failed: list[dict], args, started: float, compil
         "stopped_by_time_budget": bool(args.max_minutes and len(done) + len(failed) < args.n),
         "draws_thinned_to": args.thin, "rank_levels": levels,
         "settings": {"draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores,
-                     "stage1_draws_factor": model.SamplerSettings.stage1_draws_factor,
+                     "stage1_draws_factor": sampling.SamplerSettings.stage1_draws_factor,
                      "imputation_paths": model.N_PATHS, "sampler": "nutpie", "seed": args.seed,
                      "compile_cache": {"hits": compiler.hits, "misses": compiler.misses} if compiler else None},
         "data": {"theaters": args.theaters, "days": args.days, "troop_estimates_per_theater": args.estimates,

@@ -1,6 +1,7 @@
 """The analyst's dashboard: `forecast dashboard` (or `streamlit run dashboards/app.py`).
 
-Layout only; what is shown is computed in `forecast.dashboard_view` from stored runs.
+Layout only; what is shown is computed in `forecast.dashboard_view` from stored runs, drawn by
+`dashboards.charts`, refitted by `dashboards.refit_jobs`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from forecast import config, dataset, predict, priors, runs, store
+from dashboards import charts
+from dashboards.refit_jobs import RefitJobs, expected_refit_seconds
+from forecast import config, dataset, predict, priors, reweight, runs, store
 from forecast import dashboard_view as view
-from forecast.features import INDICATORS
+from forecast.features import INDICATORS, label
 from forecast.schema import KINDS
 
 st.set_page_config(page_title="Escalation forecast", page_icon="📈", layout="wide")
@@ -25,8 +28,14 @@ st.set_page_config(page_title="Escalation forecast", page_icon="📈", layout="w
 
 
 @st.cache_resource(show_spinner="Loading the run's posterior draws…", max_entries=16)
-def reweighter(run_path: str) -> view.Reweighter:
-    return view.Reweighter(runs.Run.at(Path(run_path)))
+def reweighter(run_path: str) -> reweight.PriorReweighter:
+    return reweight.PriorReweighter(runs.Run.at(Path(run_path)))
+
+
+@st.cache_resource
+def refit_jobs() -> RefitJobs:
+    """The refits of this server process (shared by every browser session)."""
+    return RefitJobs(config.dashboard_refit_settings())
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -36,17 +45,17 @@ def stage(run_path: str, n: int):
 
 @st.cache_data(show_spinner="Drawing ArviZ plots…", max_entries=32)
 def diagnostics_png(run_path: str, indicators: tuple[str, ...], kind: str) -> bytes:
-    return view.diagnostics_png(stage(run_path, 2), list(indicators), kind)
+    return charts.diagnostics_png(stage(run_path, 2), list(indicators), kind)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def parameter_summary(run_path: str):
-    return view.parameter_summary(stage(run_path, 2))
+    return charts.parameter_summary(stage(run_path, 2))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def stage1_summary(run_path: str):
-    return view.stage1_summary(stage(run_path, 1))
+    return charts.stage1_summary(stage(run_path, 1))
 
 
 # --- prior inputs --------------------------------------------------------------------------
@@ -87,7 +96,7 @@ def prior_inputs() -> tuple[tuple, dict]:
     return base, indicators
 
 
-def screen_profile(rw: view.Reweighter) -> tuple[priors.Profile, str | None]:
+def screen_profile(rw: reweight.PriorReweighter) -> tuple[priors.Profile, str | None]:
     """The priors on screen (or the run's, with the reason, when they are not usable)."""
     if st.session_state.get("prior:run") != rw.run.id:
         set_prior_inputs(rw.profile)
@@ -137,7 +146,7 @@ def title(state: view.TheaterState) -> None:
                f"{state.summary['outcome']}")
 
 
-def run_line(run, reweighted: view.Reweighted, profile: priors.Profile) -> None:
+def run_line(run, reweighted: reweight.Reweighted, profile: priors.Profile) -> None:
     m = run.manifest
     status = f":green-badge[{m['status']}]" if run.published else f":red-badge[{m['status']}]"
     prior_text = f"`{m['prior_profile']}`" + (f" → `{profile.name}` (reweighted)" if reweighted.changed else "")
@@ -147,7 +156,7 @@ def run_line(run, reweighted: view.Reweighted, profile: priors.Profile) -> None:
                f"code `{m['code_version']}`")
 
 
-def headline(doc: dict, reweighted: view.Reweighted, stored: dict) -> None:
+def headline(doc: dict, reweighted: reweight.Reweighted, stored: dict) -> None:
     p30 = doc["prob"]["30"]
     st.markdown(f"## {doc['words'].capitalize()} to escalate within 30 days — {view.pct(p30['mean'])}")
     st.markdown(predict.key_judgment(doc))
@@ -169,15 +178,15 @@ def headline(doc: dict, reweighted: view.Reweighted, stored: dict) -> None:
             st.metric("Most likely onset", "—", border=True)
 
 
-def prior_banner(reweighted: view.Reweighted, error: str | None) -> None:
+def prior_banner(reweighted: reweight.Reweighted, n_draws: int, error: str | None) -> None:
     if error:
         st.error(f"The priors on screen are not usable ({error}); showing the run's own priors.")
     if not reweighted.changed:
         return
     text = (f"**Priors adjusted — not a stored run.** The numbers below reweight the run's "
-            f"{reweighted.n_draws:,} stored posterior draws by new prior / fitted prior "
+            f"{n_draws:,} stored posterior draws by new prior / fitted prior "
             f"(Pareto-smoothed importance sampling, {reweighted.seconds * 1000:.0f} ms, no sampling). "
-            f"{reweighted.explanation}")
+            f"{view.prior_explanation(reweighted, n_draws)}")
     if reweighted.verdict == "unreliable":
         st.warning(text, icon="⚠️")
     else:
@@ -186,7 +195,7 @@ def prior_banner(reweighted: view.Reweighted, error: str | None) -> None:
 
 def refit_controls(state: view.TheaterState, profile: priors.Profile, as_of: str | None, key: str,
                    label: str = "Refit with these priors") -> None:
-    job = view.refit_job(state.theater.id)
+    job = refit_jobs().get(state.theater.id)
     running = job is not None and not job.done
     cols = st.columns([1.3, 1, 3])
     default = dt.date.fromisoformat(as_of) if as_of else None
@@ -195,7 +204,7 @@ def refit_controls(state: view.TheaterState, profile: priors.Profile, as_of: str
     if cols[0].button(label, key=key, type="primary", disabled=running,
                       help="Runs the real two-stage fit (a minute or two) in the background; "
                            "the page stays usable. Published only if it passes the convergence gate."):
-        view.start_refit(state.theater.id, chosen, profile, view.expected_refit_seconds(state.history))
+        refit_jobs().start(state.theater.id, chosen, profile, expected_refit_seconds(state.history))
         st.rerun()
     cols[2].caption("Runs the full fit in the background; the page stays usable and shows the new run when "
                     "it finishes.")
@@ -203,7 +212,7 @@ def refit_controls(state: view.TheaterState, profile: priors.Profile, as_of: str
 
 @st.fragment(run_every=1.0)
 def refit_progress(theater: str) -> None:
-    job = view.refit_job(theater)
+    job = refit_jobs().get(theater)
     if job is None:
         return
     if not job.done:
@@ -216,7 +225,7 @@ def refit_progress(theater: str) -> None:
         st.success(job.status(), icon="✅")
     else:
         st.error(job.status(), icon="⛔")
-    st.button("Dismiss", key="refit:dismiss", on_click=view.forget_refit, args=(theater,))
+    st.button("Dismiss", key="refit:dismiss", on_click=refit_jobs().forget, args=(theater,))
 
 
 def forecast_tab(doc: dict, events) -> None:
@@ -224,7 +233,7 @@ def forecast_tab(doc: dict, events) -> None:
     st.caption("P(escalation within 30 days) as the model would have said on each past week, using only the "
                "evidence known by then (80% band). Below: each evidence event the run saw, on the same time "
                "axis — hover for what it was and its source.")
-    top, strip = view.history_charts(doc, events)
+    top, strip = charts.history_charts(doc, events)
     st.altair_chart(top, width="stretch")
     if strip is not None:
         st.altair_chart(strip, width="stretch")
@@ -233,21 +242,21 @@ def forecast_tab(doc: dict, events) -> None:
     st.caption(f"Cumulative probability of escalation by each date after {doc['as_of']} with its 80% band; "
                f"the line marks the median onset date, the shaded span its 10th–90th percentiles "
                f"(given escalation within {t['horizon_days']} days).")
-    st.altair_chart(view.timing_chart(doc), width="stretch")
+    st.altair_chart(charts.timing_chart(doc), width="stretch")
 
 
 def drivers_tab(doc: dict, profile: priors.Profile) -> None:
     st.subheader("What drives the forecast")
-    frame = view.waterfall_frame(doc)
+    frame = charts.waterfall_frame(doc)
     st.caption("Log-odds of escalation the next day: from a quiet baseline (this theater with no special "
                "signs) through each indicator's push to the value now. Whiskers: 80% intervals. "
                "+0.69 doubles the odds; −0.69 halves them."
                + (f" {frame.attrs['inactive']} indicators are inactive (not seen) and omitted."
                   if frame.attrs["inactive"] else ""))
-    st.altair_chart(view.drivers_chart(doc), width="stretch")
+    st.altair_chart(charts.drivers_chart(doc), width="stretch")
     import pandas as pd
 
-    rows = [{"indicator": view.label(d["indicator"]), "value now": d["value"], "log-odds": d["log_odds"],
+    rows = [{"indicator": label(d["indicator"]), "value now": d["value"], "log-odds": d["log_odds"],
              "80% low": d["lo"], "80% high": d["hi"], "odds ×": round(math.exp(d["log_odds"]), 2),
              "prior LR": profile.indicators[d["indicator"]].value}
             for d in doc["drivers"]]
@@ -262,7 +271,7 @@ def evidence_tab(frame, as_of: str | None, has_troops: bool) -> None:
     present = [k for k in KINDS if k in set(frame["kind"])]
     cols = st.columns([3, 2])
     kinds = cols[0].multiselect("Kinds", present, default=present, key="evidence:kinds",
-                                format_func=lambda k: view.KIND_LABELS[k])
+                                format_func=lambda k: charts.KIND_LABELS[k])
     text = cols[1].text_input("Contains", key="evidence:text", placeholder="source, unit, description…")
     shown = view.filter_kinds(frame, kinds)
     if text:
@@ -284,8 +293,8 @@ def evidence_tab(frame, as_of: str | None, has_troops: bool) -> None:
                  })
 
 
-def priors_tab(state: view.TheaterState, rw: view.Reweighter, profile: priors.Profile,
-               reweighted: view.Reweighted) -> None:
+def priors_tab(state: view.TheaterState, rw: reweight.PriorReweighter, profile: priors.Profile,
+               reweighted: reweight.Reweighted) -> None:
     st.subheader("Priors")
     st.caption("What you believe before the evidence, in your terms. Each range is an 80% interval. A change "
                "updates every number and chart at once by reweighting the stored draws (no sampling). "
@@ -310,7 +319,7 @@ def priors_tab(state: view.TheaterState, rw: view.Reweighter, profile: priors.Pr
     for name in INDICATORS:
         s = rw.profile.indicators[name]
         cols = st.columns([3, 1, 1, 1])
-        cols[0].markdown(f"{view.label(name)}  \n<small>{html.escape(s.unit)}</small>", unsafe_allow_html=True,
+        cols[0].markdown(f"{label(name)}  \n<small>{html.escape(s.unit)}</small>", unsafe_allow_html=True,
                          help=s.rationale)
         for col, part in zip(cols[1:], PARTS):
             prior_input(col, f"{name} {part}", _key(name, part), min_value=0.01, max_value=100.0, step=0.1,
@@ -352,7 +361,7 @@ def diagnostics_tab(state: view.TheaterState, run, doc: dict) -> None:
     cols = st.columns([1, 3])
     kind = cols[0].radio("Plot", ["trace", "rank"], horizontal=True, key="diag:kind")
     chosen = cols[1].multiselect("Indicator coefficients (beta)", INDICATORS, default=top, key="diag:betas",
-                                 format_func=view.label)
+                                 format_func=label)
     st.image(diagnostics_png(str(run.path), tuple(chosen), kind),
              caption=f"ArviZ {kind} plots of alpha, sigma_theater and the chosen betas. Chains should overlap "
                      f"(trace) and ranks be uniform (rank).")
@@ -363,7 +372,7 @@ def diagnostics_tab(state: view.TheaterState, run, doc: dict) -> None:
 
 
 def export_tab(eng, state: view.TheaterState, run, doc: dict, profile: priors.Profile,
-               reweighted: view.Reweighted) -> None:
+               reweighted: reweight.Reweighted) -> None:
     st.subheader("Export")
     override = profile if reweighted.changed else None
     st.caption("The report of what is on screen — " + (
@@ -401,7 +410,7 @@ def no_run(state: view.TheaterState, eng) -> None:
         refit_controls(state, priors.load("default"), str(as_of), key="refit:first", label="Fit now")
     except priors.ProfileError as err:
         st.error(f"Cannot offer a fit here: {err}")
-    if view.refit_job(t.id) is not None:
+    if refit_jobs().get(t.id) is not None:
         refit_progress(t.id)
     tabs = st.tabs(["Evidence", "Runs"])
     with tabs[0]:
@@ -458,10 +467,10 @@ def main() -> None:
                    f"{rejected.manifest['reason']}. Showing the last published run `{run.id}`.", icon="⛔")
     if not state.has_troops:
         st.info("No troop estimates for this theater: force level and growth carry no information here.")
-    prior_banner(reweighted, error)
+    prior_banner(reweighted, rw.n_draws, error)
     if reweighted.changed:
         refit_controls(state, profile, run.manifest["as_of"], key="refit:banner")
-    if view.refit_job(theater.id) is not None:
+    if refit_jobs().get(theater.id) is not None:
         refit_progress(theater.id)
     headline(doc, reweighted, rw.stored)
 

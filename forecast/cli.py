@@ -20,7 +20,20 @@ import sqlalchemy as sa
 import typer
 from typer.core import TyperGroup
 
-from forecast import config, dataset, ingest, model, predict, priors, refit, report, runs, safe_write, schedule, store
+from forecast import (
+    config,
+    dataset,
+    ingest,
+    predict,
+    priors,
+    refit,
+    report,
+    runs,
+    safe_write,
+    sampling,
+    schedule,
+    store,
+)
 from forecast.schema import KINDS
 
 
@@ -105,7 +118,7 @@ def _import(eng, paths: list[Path], origin: str, case_files: bool = False) -> st
         typer.echo(f"error: {len(err.problems)} bad row(s); nothing was written:", err=True)
         for problem in err.problems:
             typer.echo(f"  {problem}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -193,19 +206,27 @@ def theaters_(as_json: bool = typer.Option(False, "--json")):
 
 @app.command()
 def evidence(theater: str, kind: Optional[str] = typer.Option(None, "--kind", help="one of " + ", ".join(KINDS)),
+             ids: bool = typer.Option(False, "--ids", help="start each line with the row's id (for `forecast retract`)"),
              retracted: bool = typer.Option(False, "--retracted", help="list retracted rows too (marked)"),
              as_json: bool = typer.Option(False, "--json")):
-    """The evidence rows of a theater, with their sources and row ids (for `forecast retract`)."""
+    """The evidence rows of a theater, with their sources (--json and --ids: with row ids, for `forecast retract`)."""
     if kind is not None and kind not in KINDS:
         fail(f"--kind: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     eng = _engine()
     if theater not in store.theater_ids(eng):
         fail(f"unknown theater {theater!r}; see `forecast theaters`")
     rows = store.evidence_listing(eng, theater, kind, include_retracted=retracted)
-    text = "\n".join(f"{r['row_id']}  {r['date']}  {r['kind']:9}  {_summary(r)}  [{r['source']}]"
+    text = "\n".join((f"{r['row_id']}  " if ids else "") + f"{r['date']}  {r['kind']:9}  {_describe(r)}  [{r['source']}]"
                      + (f"  RETRACTED {r['retracted']['at']}: {r['retracted']['reason']}" if "retracted" in r else "")
                      for r in rows)
     emit(rows, as_json, text or "no evidence")
+
+
+def _describe(row: dict) -> str:
+    """The schema's one-line description of a listed row (its row id and retraction set aside)."""
+    from forecast.schema import EVIDENCE_ADAPTER
+
+    return EVIDENCE_ADAPTER.validate_python({k: v for k, v in row.items() if k not in ("row_id", "retracted")}).describe()
 
 
 def _as_of(value: Optional[str]) -> Optional[dt.date]:
@@ -247,9 +268,9 @@ def forecast_text(doc: dict) -> str:
 def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit with --all)"),
            as_of: Optional[str] = typer.Option(None, "--as-of", help="YYYY-MM-DD; default: latest evidence"),
            prior_profile: str = typer.Option("default", "--priors", help="prior profile name or .toml path"),
-           draws: int = typer.Option(model.SamplerSettings.draws, help="posterior draws per chain"),
-           tune: int = typer.Option(model.SamplerSettings.tune, help="tuning steps per chain"),
-           chains: int = typer.Option(model.SamplerSettings.chains),
+           draws: int = typer.Option(sampling.SamplerSettings.draws, help="posterior draws per chain"),
+           tune: int = typer.Option(sampling.SamplerSettings.tune, help="tuning steps per chain"),
+           chains: int = typer.Option(sampling.SamplerSettings.chains),
            sampler: str = typer.Option("nutpie", help="nutpie or pymc"),
            all_: bool = typer.Option(False, "--all", help="refit every open theater as of its latest evidence "
                                      "(the scheduled job; skips theaters already up to date)"),
@@ -264,14 +285,14 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
     _check_sampling(draws, tune, chains)
     if all_:
         runs.check_writable("")  # a read-only runs folder is found now, not after the fits
-        _refit_all(_profile(prior_profile), model.SamplerSettings(draws=draws, tune=tune, chains=chains,
-                                                                  sampler=sampler, progressbar=False), as_json)
+        _refit_all(_profile(prior_profile), sampling.SamplerSettings(draws=draws, tune=tune, chains=chains,
+                                                                     sampler=sampler, progressbar=False), as_json)
         return
     eng = _engine()
     if theater not in store.theater_ids(eng):
         fail(f"unknown theater {theater!r}; see `forecast theaters`")
     runs.check_writable(theater)  # a read-only runs folder is found now, not after the fit
-    settings = model.SamplerSettings(draws=draws, tune=tune, chains=chains, sampler=sampler)
+    settings = sampling.SamplerSettings(draws=draws, tune=tune, chains=chains, sampler=sampler)
     try:
         run = refit.refit(eng, theater, _as_of(as_of), _profile(prior_profile), settings)
     except dataset.DatasetError as err:
@@ -307,7 +328,7 @@ def show(theater: str, as_json: bool = typer.Option(False, "--json")):
     emit(doc, as_json, forecast_text(doc))
 
 
-def _refit_all(profile: priors.Profile, settings: model.SamplerSettings, as_json: bool) -> None:
+def _refit_all(profile: priors.Profile, settings: sampling.SamplerSettings, as_json: bool) -> None:
     """`refit --all`: log lines (stderr with --json), the summary, exit 0/1/3, or 4 when another job runs."""
     try:
         keep = schedule.keep_runs()
@@ -397,34 +418,29 @@ def dashboard(port: int = typer.Option(8501, "--port", help="port to serve on"),
 def backtest_(case: Optional[list[str]] = typer.Option(None, "--case", help="case id (repeat); default: every closed case"),
               out: Path = typer.Option(Path("out/backtest"), "--out", help="folder for the CSV, PNG and JSON files"),
               prior_profile: str = typer.Option("default", "--priors", help="prior profile name or .toml path"),
-              draws: int = typer.Option(model.SamplerSettings.draws, help="posterior draws per chain"),
-              tune: int = typer.Option(model.SamplerSettings.tune, help="tuning steps per chain"),
-              chains: int = typer.Option(model.SamplerSettings.chains),
+              draws: int = typer.Option(sampling.SamplerSettings.draws, help="posterior draws per chain"),
+              tune: int = typer.Option(sampling.SamplerSettings.tune, help="tuning steps per chain"),
+              chains: int = typer.Option(sampling.SamplerSettings.chains),
               metaculus: Optional[bool] = typer.Option(None, "--metaculus/--no-metaculus",
                                                        help="flagship vs Metaculus (default: when the flagship is in scope)"),
               check_exact: int = typer.Option(3, "--check-exact", help="compare N weighted forecasts with exact refits"),
               as_json: bool = typer.Option(False, "--json")):
     """Leave-one-case-out forecasts, scores (Brier, skill, log, reliability, AUC) and the Metaculus comparison."""
-    from forecast import backtest
+    from forecast import backtest, backtest_report
 
     if min(draws, tune, chains) < 1 or check_exact < 0:
         fail("--draws, --tune and --chains must be positive, --check-exact not negative")
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: is a file; give a folder")
-    settings = model.SamplerSettings(draws=draws, tune=tune, chains=chains, progressbar=False)
+    settings = sampling.SamplerSettings(draws=draws, tune=tune, chains=chains, progressbar=False)
     options = backtest.Options(cases=case or None, profile=_profile(prior_profile), settings=settings,
                                metaculus=metaculus, check_exact=check_exact)
     try:
         doc = backtest.run(_engine(), options)
     except backtest.BacktestError as err:
         fail(str(err))
-    doc["files"] = backtest.write_outputs(doc, out)
-    emit(doc, as_json, backtest.text_summary(doc))
-
-
-def _summary(row: dict) -> str:
-    skip = {"kind", "theater", "date", "source", "url", "notes", "reported", "date_precision", "row_id", "retracted"}
-    return ", ".join(f"{k}={v}" for k, v in row.items() if k not in skip and v is not None)
+    doc["files"] = backtest_report.write_outputs(doc, out)
+    emit(doc, as_json, backtest_report.text_summary(doc))
 
 
 def main() -> None:  # pragma: no cover

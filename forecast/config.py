@@ -3,6 +3,8 @@
 FORECAST_HOME     project root holding data/ and models/ (default: this checkout)
 FORECAST_DB_URL   SQLAlchemy URL of the evidence store (default: SQLite file)
 FORECAST_RUNS_DIR fitted runs (default: <home>/models/runs)
+FORECAST_DASHBOARD_DRAWS, _TUNE, _CHAINS
+                  sampler settings of refits started from the dashboard (default: the CLI's)
 
 Bad settings raise SettingsError (the CLI prints one line and exits 1).
 """
@@ -31,6 +33,18 @@ def runs_dir() -> Path:
 
 def db_url() -> str:
     return os.environ.get("FORECAST_DB_URL", f"sqlite:///{home() / 'forecast.db'}")
+
+
+def dashboard_refit_settings():
+    """Sampler settings for refits started from the dashboard (FORECAST_DASHBOARD_DRAWS / _TUNE / _CHAINS)."""
+    from forecast.sampling import SamplerSettings
+
+    changes = {}
+    for field in ("draws", "tune", "chains"):
+        raw = os.environ.get(f"FORECAST_DASHBOARD_{field.upper()}")
+        if raw:
+            changes[field] = int(raw)
+    return SamplerSettings(progressbar=False, **changes)
 
 
 class SettingsError(ValueError):

@@ -29,9 +29,37 @@ STATIC = (
 )
 FORCE = ["force_level", "force_growth"]
 INDICATORS = FORCE + STATIC  # the order of the hazard's beta vector
+# What each indicator is called on the page, in reports and in the CLI, and what its value measures.
+INDICATOR_LABELS = {
+    "force_level": ("Force level", "doublings of the filtered level over the garrison (else its first known level)"),
+    "force_growth": ("Force growth", "doublings of the force level within 4 weeks"),
+    "exercise": ("Exercise under way", "1 while a scheduled exercise is under way"),
+    "overstay": ("Overstay after exercise end", "1 once an exercise's scheduled end passed with no verified withdrawal"),
+    "unit_arrivals": ("Unit arrivals (net, distance-weighted)",
+                      "signed log(1 + net arrivals since the start, each weighted 1 + km / 1000)"),
+    "sign_medical": ("Medical / blood supplies", "log2(1 + fading report weights)"),
+    "sign_bridging": ("Bridging equipment", "log2(1 + fading report weights)"),
+    "sign_fuel_ammo": ("Fuel / ammunition stocks", "log2(1 + fading report weights)"),
+    "sign_reserve_callup": ("Reserve call-up", "log2(1 + fading report weights)"),
+    "sign_air_defence": ("Air defence / aircraft forward", "log2(1 + fading report weights)"),
+    "sign_evacuation": ("Evacuation / embassy drawdown", "log2(1 + fading report weights)"),
+    "sign_ultimatum": ("Ultimatum / recognition", "log2(1 + fading report weights)"),
+    "claim_unverified": ("Unverified withdrawal claim", "1 once such a claim is made"),
+    "claim_verified": ("Verified withdrawal", "1 once a withdrawal is confirmed by an independent party"),
+}
 FORCE_GROWTH_DAYS = 28
 NEVER = np.datetime64("9999-12-31")
 SIGN_HALF_LIFE_WEEKS = 12  # a sign not reported again fades to half its weight in twelve weeks
+
+
+def label(indicator: str) -> str:
+    """The indicator's name for people."""
+    return INDICATOR_LABELS[indicator][0]
+
+
+def unit(indicator: str) -> str:
+    """What the indicator's value measures."""
+    return INDICATOR_LABELS[indicator][1]
 
 
 def day(d: dt.date) -> np.datetime64:

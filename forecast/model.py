@@ -44,52 +44,38 @@ likelihood over the K paths of each theater:
 
     log p(y_c) = log mean_k prod_t p(y[c,t] | x_k[c,t])
 
-Priors for alpha, beta and sigma_theater come from the analyst's profile
-(`forecast.priors`).
+The per-theater simulated log-likelihood is also kept, per draw, as the
+`log_likelihood` group of the stage-2 posterior (variable `hazard`, dim
+`theater`), so `az.loo` can score leave-one-theater-out fit.
+
+Priors for alpha, beta and sigma_theater come from the analyst's profile, the
+stage-1 priors from `forecast.priors.STAGE1_PRIORS`. The hazard formula itself
+is `forecast.hazard.log_odds`.
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass
 
-import arviz as az
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
-from pymc_extras.prior import Prior
 
-from forecast.features import FORCE, FORCE_GROWTH_DAYS, INDICATORS, STATIC, TheaterPanel, crisis_week
-from forecast.priors import Profile
+from forecast import hazard
+from forecast.features import FORCE, FORCE_GROWTH_DAYS, INDICATORS, TheaterPanel, crisis_week
+from forecast.priors import STAGE1_PRIORS, Profile
+from forecast.sampling import SamplerSettings, sample
 from forecast.schema import SOURCE_TYPES
 
-MU0, TAU0 = np.log(50_000), 2.0  # prior on a theater's initial log force level: wide
-STAGE1_VARS = ["bias", "noise", "drift"]
-STAGE2_VARS = ["alpha", "beta", "sigma_theater", "z"]  # the latent knots are not kept: filtering recomputes them
+MU0 = STAGE1_PRIORS["level_start"].parameters["mu"]  # a theater's initial log force level
+TAU0 = STAGE1_PRIORS["level_start"].parameters["sigma"]
+STAGE1_VARS = ["bias", "noise", "drift"]  # kept from stage 1: the latent knots are recomputed by filtering
+HAZARD_PARAMS = ["alpha", "beta", "sigma_theater"]  # the hazard's pooled parameters
+STAGE2_VARS = HAZARD_PARAMS + ["z"]
+LOG_LIKELIHOOD = "hazard"  # stage 2's per-theater log-likelihood, moved to the log_likelihood group
 N_PATHS = 12  # imputation paths of the filtered force level per theater
 LN2 = np.log(2)
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    draws: int = 1000
-    tune: int = 700
-    chains: int = 4
-    cores: int = 2
-    # Stage 1's level/noise geometry needs small steps (it diverges at 0.9 on the bundled data);
-    # stage 2's correlated indicators mix best with nutpie's low-rank mass matrix.
-    stage1_target_accept: float = 0.97
-    stage1_draws_factor: int = 3  # stage 1 is cheap (~1 s) but its noise terms mix slowly: draw more
-    stage2_target_accept: float = 0.9
-    seed: int = 20220224
-    sampler: str = "nutpie"  # or "pymc"
-    progressbar: bool = True
-
-    def recorded(self) -> dict:
-        """The settings that decide a fit (not how it reports progress), as a run's manifest stores them."""
-        return {k: v for k, v in vars(self).items() if k != "progressbar"}
 
 
 # --- stage 1: force level --------------------------------------------------------
@@ -151,11 +137,7 @@ def build_stage1(panels: list[TheaterPanel], pad: tuple[int, int] | None = None)
     k = stage1_knots(panels)
     coords = {"source_type": SOURCE_TYPES, "knot": np.arange(len(k["gap"])), "estimate": np.arange(len(k["y"]))}
     with pm.Model(coords=coords) as model:
-        bias = pm.ZeroSumNormal("bias", sigma=0.5, dims="source_type")
-        # 90% of the prior in [0.21, 0.57] log units: published figures are rounded ("about
-        # 100,000"), so no source type is more precise than ~20%; near-zero noise is a funnel.
-        noise = pm.LogNormal("noise", mu=np.log(0.35), sigma=0.3, dims="source_type")
-        drift = pm.HalfNormal("drift", sigma=0.2)  # sd of the weekly change in log level
+        bias, noise, drift = (STAGE1_PRIORS[name].create_variable(name) for name in STAGE1_VARS)
 
         # First knot centred (each is pinned by its own estimates), later increments non-centred.
         data = stage1_data(k, pad)
@@ -270,6 +252,8 @@ def collapse(panels: list[TheaterPanel], x_force: np.ndarray) -> dict[str, np.nd
 
 def hazard_priors(profile: Profile):
     """alpha, beta (dims "indicator") and sigma_theater from the analyst's profile, in the current model."""
+    from pymc_extras.prior import Prior
+
     mu, sigma = profile.beta_priors()
     alpha = profile.alpha_prior().create_variable("alpha")
     beta = Prior("Normal", mu=mu, sigma=sigma, dims="indicator").create_variable("beta")
@@ -289,48 +273,19 @@ def build_stage2(panels: list[TheaterPanel], x_force: np.ndarray, profile: Profi
         # Data as containers, so a backtest can reuse one compiled model across reference classes.
         d = {name: pm.Data(f"stage2_{name}", value) for name, value in
              {**{k: g[k] for k in ("theater", "static", "force", "days", "events")}, "rows_of": rows_of}.items()}
-        eta_static = alpha + sigma_theater * z[d["theater"]] + pt.dot(d["static"], beta[len(FORCE):])
-        eta = eta_static[None, :] + pt.dot(d["force"], beta[: len(FORCE)])  # (paths, groups)
+        # The static covariates are the same on every path: their term is computed once.
+        eta_static = hazard.log_odds(alpha, sigma_theater, z[d["theater"]], d["static"], beta[len(FORCE):])
+        eta = eta_static[None, :] + hazard.covariate_term(d["force"], beta[: len(FORCE)])  # (paths, groups)
         loglik_groups = d["events"] * pt.log(pt.sigmoid(eta)) + (d["days"] - d["events"]) * pt.log(pt.sigmoid(-eta))
         per_theater = pt.dot(loglik_groups, d["rows_of"])  # (paths, theaters)
         loglik = pt.logsumexp(per_theater, axis=0) - np.log(x_force.shape[0])
         pm.Potential("hazard_likelihood", loglik.sum())
+        # The same per-theater terms, recorded per draw (not a second likelihood: it adds no density).
+        pm.Deterministic(LOG_LIKELIHOOD, loglik, dims="theater")
     return model
 
 
 # --- fitting -----------------------------------------------------------------------------
-
-
-def sample(model: pm.Model, settings: SamplerSettings, var_names: list[str], label: str,
-           seconds: dict, target_accept: float, low_rank: bool = False, draws: int | None = None,
-           compiler=None) -> az.InferenceData:
-    """NUTS with the configured sampler; records compile and sampling seconds under `label`.
-
-    `compiler`: replaces nutpie.compile_pymc_model (same call); the backtest passes a cache.
-    """
-    if settings.progressbar:
-        print(f"{label}: compiling, then {settings.chains} chains x {settings.tune}+{settings.draws} "
-              f"draws ({settings.sampler})", file=sys.stderr, flush=True)
-    draws = draws or settings.draws
-    started = time.perf_counter()
-    with model:
-        if settings.sampler == "nutpie":
-            import nutpie
-
-            compiled = (compiler or nutpie.compile_pymc_model)(model, var_names=var_names)
-            seconds[f"{label}_compile"] = time.perf_counter() - started
-            started = time.perf_counter()
-            idata = nutpie.sample(compiled, draws=draws, tune=settings.tune, chains=settings.chains,
-                                  cores=settings.cores, seed=settings.seed, target_accept=target_accept,
-                                  progress_bar=settings.progressbar, low_rank_modified_mass_matrix=low_rank)
-        else:
-            seconds[f"{label}_compile"] = 0.0  # PyMC compiles inside pm.sample (cached on disk across runs)
-            idata = pm.sample(draws=draws, tune=settings.tune, chains=settings.chains,
-                              cores=settings.cores, random_seed=settings.seed,
-                              target_accept=target_accept, progressbar=settings.progressbar,
-                              var_names=var_names, compute_convergence_checks=False)
-    seconds[f"{label}_sampling"] = time.perf_counter() - started
-    return idata
 
 
 @dataclass
@@ -340,8 +295,8 @@ class Fit:
     panels: list[TheaterPanel]
     target: str
     profile: Profile
-    stage1: az.InferenceData
-    stage2: az.InferenceData
+    stage1: object  # az.InferenceData
+    stage2: object  # az.InferenceData, with the per-theater log_likelihood group
     x_force: np.ndarray  # (paths, rows, 2)
     picks: np.ndarray  # stage-1 draw index per path
     shocks: np.ndarray  # filtering shock per path and theater: (paths, theaters)
@@ -361,8 +316,11 @@ def all_force_paths(panels, stage1_draws: xr.Dataset, picks, shocks) -> np.ndarr
 
 
 def fit(panels: list[TheaterPanel], target: str, profile: Profile, settings: SamplerSettings,
-        compiler=None, stage1_pad: tuple[int, int] | None = None) -> Fit:
-    """Stage 1, then the filtered force paths, then stage 2 (`compiler`, `stage1_pad`: see sample, build_stage1)."""
+        compiler=None, stage1_pad: tuple[int, int] | None = None, sample=sample) -> Fit:
+    """Stage 1, then the filtered force paths, then stage 2.
+
+    `compiler`, `sample`: see `forecast.sampling.sample` (its stand-in in fast tests); `stage1_pad`: build_stage1.
+    """
     seconds: dict[str, float] = {}
     rng = np.random.default_rng(settings.seed)
     stage1 = sample(build_stage1(panels, stage1_pad), settings, STAGE1_VARS, "stage1", seconds,
@@ -374,16 +332,26 @@ def fit(panels: list[TheaterPanel], target: str, profile: Profile, settings: Sam
     shocks = rng.standard_normal((N_PATHS, len(panels)))
     x_force = all_force_paths(panels, draws1, picks, shocks)
 
-    stage2 = sample(build_stage2(panels, x_force, profile), settings, STAGE2_VARS, "stage2", seconds,
-                    settings.stage2_target_accept, low_rank=True, compiler=compiler)
-    return Fit(panels, target, profile, stage1, stage2, x_force, picks, shocks, seconds)
+    stage2 = sample(build_stage2(panels, x_force, profile), settings, STAGE2_VARS + [LOG_LIKELIHOOD], "stage2",
+                    seconds, settings.stage2_target_accept, low_rank=True, compiler=compiler)
+    return Fit(panels, target, profile, stage1, with_log_likelihood(stage2), x_force, picks, shocks, seconds)
+
+
+def with_log_likelihood(stage2):
+    """Stage 2 with its recorded per-theater log-likelihood moved from the posterior to `log_likelihood`."""
+    ll = stage2.posterior[LOG_LIKELIHOOD]
+    stage2.posterior = stage2.posterior.drop_vars(LOG_LIKELIHOOD)
+    stage2.add_groups(log_likelihood=ll.to_dataset())
+    return stage2
 
 
 def diagnostics(fit: Fit) -> dict:
-    """Convergence over both stages: max R-hat, min bulk ESS, divergences."""
+    """Convergence over both stages: max R-hat, min bulk ESS, divergences (of the sampled parameters)."""
+    import arviz as az
+
     r_hat, ess, divergences = [], [], 0
-    for idata in (fit.stage1, fit.stage2):
-        summary = az.summary(idata, kind="diagnostics")
+    for idata, names in ((fit.stage1, STAGE1_VARS), (fit.stage2, STAGE2_VARS)):
+        summary = az.summary(idata, var_names=names, kind="diagnostics")
         r_hat.append(float(summary["r_hat"].max()))
         ess.append(float(summary["ess_bulk"].min()))
         divergences += int(idata.sample_stats["diverging"].sum())

@@ -2,7 +2,7 @@ r"""Prediction: from posterior draws to the forecast an analyst reads (DESIGN §
 
 For posterior draw d the daily hazard on a future day t (known by as-of date c) is
 
-    h_d(t) = sigmoid(alpha_d + sigma_d z_d + beta_d . x(t | c))
+    h_d(t) = sigmoid(alpha_d + sigma_d z_d + beta_d . x(t | c))      (forecast.hazard)
 
 where x(t | c) uses only evidence visible by c: scheduled exercises stay on
 their calendar (so overstay switches on by itself when an announced end passes),
@@ -23,8 +23,8 @@ import datetime as dt
 
 import numpy as np
 import xarray as xr
-from scipy.special import expit
 
+from forecast import hazard
 from forecast.features import INDICATORS, TheaterPanel, build_panel, static_covariates
 from forecast.model import force_paths
 
@@ -65,14 +65,19 @@ def future_covariates(panel: TheaterPanel, stage1: xr.Dataset, picks, shocks, da
 
 
 def daily_hazard(params: dict, x: np.ndarray) -> np.ndarray:
-    eta = params["alpha"][:, None] + (params["sigma_theater"] * params["z"])[:, None] \
-        + np.einsum("dtj,dj->dt", x, params["beta"])
-    return expit(eta)
+    """h per draw and day: `params` one row per draw, x (draws, days, indicators)."""
+    return hazard.daily(hazard.log_odds(params["alpha"][:, None], params["sigma_theater"][:, None],
+                                        params["z"][:, None], x, params["beta"]))
 
 
-def cumulative(h: np.ndarray) -> np.ndarray:
-    """P(onset by day t), per draw: 1 - prod(1 - h)."""
-    return -np.expm1(np.cumsum(np.log1p(-h), axis=1))
+def cumulative_ahead(stage1_draws: xr.Dataset, panel: TheaterPanel, params: dict, days: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """P(onset within 1..days days of panel.cut) per draw of `params`, fresh force paths: (draws, days)."""
+    n = len(params["alpha"])
+    picks = rng.integers(0, stage1_draws.sizes["sample"], n)
+    shocks = rng.standard_normal(n)
+    x = future_covariates(panel, stage1_draws, picks, shocks, panel.cut + np.arange(1, days + 1))
+    return hazard.cumulative(daily_hazard(params, x))
 
 
 def draws_for(panel: TheaterPanel, stage1: xr.Dataset, stage2: xr.Dataset, seed: int = 0) -> xr.Dataset:
@@ -86,8 +91,8 @@ def draws_for(panel: TheaterPanel, stage1: xr.Dataset, stage2: xr.Dataset, seed:
     as_of = panel.cut
     ahead = as_of + np.arange(1, max(HORIZONS) + 1)
     x = future_covariates(panel, stage1_draws, picks, shocks, ahead)
-    cum = cumulative(daily_hazard(params, x))
-    baseline = params["alpha"] + params["sigma_theater"] * params["z"]
+    cum = hazard.cumulative(daily_hazard(params, x))
+    baseline = hazard.quiet_log_odds(params["alpha"], params["sigma_theater"], params["z"])
     contributions = x[:, 0, :] * params["beta"]  # next day's log-odds, per indicator
 
     history_dates = _history_dates(panel)
@@ -120,7 +125,7 @@ def _prob_within(panel, day, stage1_draws, params, picks, shocks, horizon: int) 
     past = build_panel(panel.theater, panel.rows, cut=day.astype(dt.date))
     ahead = day + np.arange(1, horizon + 1)
     x = future_covariates(past, stage1_draws, picks, shocks, ahead)
-    return cumulative(daily_hazard(params, x))[:, -1]
+    return hazard.cumulative(daily_hazard(params, x))[:, -1]
 
 
 # --- summaries ------------------------------------------------------------------------------

@@ -6,8 +6,17 @@ A profile (models/priors/<name>.toml) states
   more likely") with an 80% range;
 - theater_spread: the odds ratio by which a theater may differ from the
   reference class (90% prior bound).
-PreliZ fits each distribution to its stated range; the result is a
-`pymc_extras.prior.Prior`, which both builds the PyMC variable and serialises.
+Each statement becomes a `pymc_extras.prior.Prior` (which both builds the PyMC
+variable and serialises) by one solver, `normal_with_mass` / `halfnormal_below`:
+the maximum-entropy distribution holding the stated mass in the stated range, in
+closed form (a one-dimensional root; PreliZ's `maxent` finds the same
+distribution by general optimisation, 30x slower: tests/test_priors.py checks the
+two agree). The reweighting of stored draws (`forecast.reweight`) calls the same
+`Profile.log_density`, so a prior change on the page and a refit read one prior.
+
+The stage-1 priors (force level, source bias and noise, drift) are not the
+analyst's to state; they are `STAGE1_PRIORS` below, recorded in every run's
+manifest beside the profile.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from pymc_extras.prior import Prior
-from scipy import stats
+from scipy import optimize, stats
 
 from forecast import config
 from forecast.features import INDICATORS
@@ -31,6 +40,17 @@ BASE_RATE_DAYS = 90
 RANGE_MASS = 0.8  # a stated range holds 80% of the prior
 SPREAD_MASS = 0.9
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+# Stage 1 (forecast.model): a theater's initial log force level, and the pooled source terms.
+STAGE1_PRIORS = {
+    # wide: from a few hundred to millions of troops
+    "level_start": Prior("Normal", mu=math.log(50_000), sigma=2.0),
+    "bias": Prior("ZeroSumNormal", sigma=0.5, dims="source_type"),
+    # 90% of the prior in [0.21, 0.57] log units: published figures are rounded ("about
+    # 100,000"), so no source type is more precise than ~20%; near-zero noise is a funnel.
+    "noise": Prior("LogNormal", mu=math.log(0.35), sigma=0.3, dims="source_type"),
+    "drift": Prior("HalfNormal", sigma=0.2),  # sd of the weekly change in log level
+}
 
 
 class ProfileError(ValueError):
@@ -65,12 +85,12 @@ class Profile:
 
     def alpha_prior(self) -> Prior:
         """Daily baseline log-odds, from the 90-day base rate."""
-        return _normal_on(daily_logit(self.base_rate.value), daily_logit(self.base_rate.low),
-                          daily_logit(self.base_rate.high))
+        return normal_with_mass(daily_logit(self.base_rate.value), daily_logit(self.base_rate.low),
+                                daily_logit(self.base_rate.high))
 
     def beta_prior(self, indicator: str) -> Prior:
         s = self.indicators[indicator]
-        return _normal_on(math.log(s.value), math.log(s.low), math.log(s.high))
+        return normal_with_mass(math.log(s.value), math.log(s.low), math.log(s.high))
 
     def beta_priors(self) -> tuple[np.ndarray, np.ndarray]:
         """(mu, sigma) vectors in INDICATORS order."""
@@ -78,7 +98,7 @@ class Profile:
         return (np.array([p.parameters["mu"] for p in priors]), np.array([p.parameters["sigma"] for p in priors]))
 
     def spread_prior(self) -> Prior:
-        return _halfnormal_below(math.log(self.theater_spread.value))
+        return halfnormal_below(math.log(self.theater_spread.value))
 
     def log_density(self, alpha, beta, sigma_theater) -> np.ndarray:
         """Log prior density of hazard parameters per draw (for importance reweighting)."""
@@ -104,22 +124,25 @@ def daily_logit(p90: float) -> float:
     return math.log(h / (1 - h))
 
 
-@functools.lru_cache(maxsize=512)
-def _normal_on(centre: float, low: float, high: float) -> Prior:
-    import preliz as pz
+@functools.lru_cache(maxsize=4096)
+def normal_with_mass(centre: float, low: float, high: float, mass: float = RANGE_MASS) -> Prior:
+    """The maximum-entropy Normal centred on `centre` with `mass` of its probability in [low, high].
 
-    fitted = pz.Normal()
-    pz.maxent(fitted, low, high, RANGE_MASS, fixed_params={"mu": centre}, plot=False)
-    return Prior("Normal", mu=float(fitted.mu), sigma=float(fitted.sigma))
+    The mass in the range falls monotonically as the sd grows, so the largest-sd (maximum
+    entropy) Normal that still holds `mass` is the one root of mass(sd) = `mass`. It exists
+    whenever low < centre < high (profiles are validated so).
+    """
+    def excess(sd: float) -> float:
+        return stats.norm.cdf((high - centre) / sd) - stats.norm.cdf((low - centre) / sd) - mass
+
+    sigma = optimize.brentq(excess, 1e-9 * (high - low), 1e3 * (high - low), xtol=1e-14, rtol=1e-13)
+    return Prior("Normal", mu=float(centre), sigma=float(sigma))
 
 
 @functools.lru_cache(maxsize=64)
-def _halfnormal_below(bound: float) -> Prior:
-    import preliz as pz
-
-    fitted = pz.HalfNormal()
-    pz.maxent(fitted, 0, bound, SPREAD_MASS, plot=False)
-    return Prior("HalfNormal", sigma=float(fitted.sigma))
+def halfnormal_below(bound: float, mass: float = SPREAD_MASS) -> Prior:
+    """The HalfNormal with `mass` of its probability below `bound`: sigma = bound / Phi^-1((1 + mass) / 2)."""
+    return Prior("HalfNormal", sigma=float(bound / stats.norm.ppf((1 + mass) / 2)))
 
 
 # --- reading and writing profiles -----------------------------------------------------
@@ -203,8 +226,9 @@ def _stated(doc, where: str, probability: bool = False) -> Stated:
         raise ProfileError(f"{where}: range has no width; give low < high")
     if low <= 0 or (probability and high >= 1):
         raise ProfileError(f"{where}: range must lie in {'(0, 1)' if probability else '(0, inf)'}")
-    if not low <= value <= high:
-        raise ProfileError(f"{where}: value {value} is outside its range [{low}, {high}]")
+    if not low < value < high:
+        raise ProfileError(f"{where}: value {value} is not inside its range [{low}, {high}] "
+                           f"(the range must hold {RANGE_MASS:.0%} of the prior around the value)")
     return Stated(float(value), low, high, str(doc.get("rationale", "")), str(doc.get("unit", "")))
 
 

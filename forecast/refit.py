@@ -9,30 +9,29 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from forecast import dataset, model, predict, priors, runs
+from forecast import dataset, model, predict, priors, runs, sampling
 from forecast.features import data_hash
 
 log = logging.getLogger(__name__)
 
 
 def refit(eng, theater: str, as_of: dt.date | None = None, profile: priors.Profile | None = None,
-          settings: model.SamplerSettings = model.SamplerSettings()) -> runs.Run:
+          settings: sampling.SamplerSettings = sampling.SamplerSettings(), sample=sampling.sample) -> runs.Run:
     """Fit `theater` as of `as_of` (default: its latest evidence) and store the run.
 
     The run is published only if it passes the convergence gate; otherwise it is
     stored as rejected with the reason, and the last published run stays current.
+    `sample`: the sampler call (`sampling.sample`; fast tests pass a prior-draw stand-in).
     """
     profile = profile or priors.load("default")
     started = dt.datetime.now(dt.timezone.utc)
     panels, as_of = dataset.from_store(eng, theater, as_of)
-    fitted = model.fit(panels, theater, profile, settings)
+    fitted = model.fit(panels, theater, profile, settings, sample=sample)
     diagnostics = model.diagnostics(fitted)
     reasons = runs.gate(diagnostics)
 
     draws = predict.draws_for(fitted.panel(theater), fitted.stage1.posterior, fitted.stage2.posterior,
                               seed=settings.seed)
-    draws["log_prior"] = ("draw",), profile.log_density(draws["alpha"].values, draws["beta"].values,
-                                                        draws["sigma_theater"].values)
     manifest = {
         "run_id": runs.new_run_id(started),
         "theater": theater,
@@ -46,6 +45,7 @@ def refit(eng, theater: str, as_of: dt.date | None = None, profile: priors.Profi
         "code_version": runs.code_version(),
         "reference_class": [p.id for p in panels if p.id != theater],
         "sampler": settings.recorded(),
+        "stage1_priors": {name: prior.to_dict() for name, prior in priors.STAGE1_PRIORS.items()},
         "diagnostics": diagnostics,
     }
     run = runs.save(theater, manifest, predict.summarise(draws), draws, fitted.stage1, fitted.stage2,

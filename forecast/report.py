@@ -11,7 +11,7 @@ API (used by the CLI and the dashboard)::
     from forecast import report, runs, store
 
     run = runs.require_published(theater)                 # or any runs.Run
-    rows = store.load_evidence(eng, theater)              # Evidence objects (or their JSON dicts)
+    rows = store.load_evidence(eng, theater)              # Evidence objects
     data = report.render(run, rows, "html")               # bytes: "html" | "pdf" | "json"
 
     # the dashboard, exporting a reweighted forecast of the same run:
@@ -55,37 +55,16 @@ import jinja2
 import numpy as np
 
 from forecast import predict, priors, runs
-from forecast.features import INDICATORS
+from forecast.features import INDICATORS, label
 
 FORMATS = ("html", "pdf", "json")
 REPORT_VERSION = 1
-MEDIA_TYPES = {"html": "text/html; charset=utf-8", "pdf": "application/pdf", "json": "application/json"}
 
-LABELS = {
-    "force_level": "Force level (doublings over peacetime baseline)",
-    "force_growth": "Force growth (doublings within 4 weeks)",
-    "exercise": "Scheduled exercise under way",
-    "overstay": "Forces stayed past an exercise's scheduled end",
-    "unit_arrivals": "Distance-weighted unit arrivals (30 days)",
-    "sign_medical": "Sign: blood supplies / field hospitals",
-    "sign_bridging": "Sign: bridging equipment forward",
-    "sign_fuel_ammo": "Sign: fuel / ammunition stockpiles",
-    "sign_reserve_callup": "Sign: reserve call-up",
-    "sign_air_defence": "Sign: air defence / aircraft forward",
-    "sign_evacuation": "Sign: embassy drawdown / evacuation",
-    "sign_ultimatum": "Sign: ultimatum / recognition",
-    "claim_unverified": "Unverified withdrawal claim",
-    "claim_verified": "Verified withdrawal claim",
-}
 _FORECAST_KEYS = ("as_of", "prob", "words", "timing", "cumulative", "drivers", "history")
 
 
 class ReportError(ValueError):
     """Arguments a report cannot be made from."""
-
-
-def media_type(fmt: str) -> str:
-    return MEDIA_TYPES[fmt]
 
 
 # --- content ------------------------------------------------------------------------------
@@ -157,54 +136,21 @@ def _bands() -> list[dict]:
     return out
 
 
-def _row_dict(row) -> dict:
-    return row.model_dump(mode="json") if hasattr(row, "model_dump") else dict(row)
-
-
 def _evidence(rows, theater: str, as_of: dt.date) -> tuple[list[dict], int]:
     """The rows the run could see (known by as_of; no outcome), date order; and how many it could not."""
     used, later = [], 0
-    for raw in rows:
-        r = _row_dict(raw)
-        if r.get("theater", theater) != theater or r["kind"] == "outcome":
+    for r in rows:
+        if r.theater != theater or r.kind == "outcome":
             continue
-        known = dt.date.fromisoformat(str(r.get("reported") or r["date"]))
-        if known > as_of:
+        if r.known_on > as_of:
             later += 1
             continue
-        url = r.get("url") or None
-        used.append({"date": str(r["date"]), "reported": r.get("reported"), "kind": r["kind"],
-                     "what": describe(r), "source": r["source"], "url": url,
-                     "link": bool(url) and str(url).lower().startswith(("http://", "https://")),
-                     "notes": r.get("notes")})
+        url = r.url or None
+        used.append({"date": str(r.date), "reported": None if r.reported is None else str(r.reported),
+                     "kind": r.kind, "what": r.describe(), "source": r.source, "url": url,
+                     "link": bool(url) and url.lower().startswith(("http://", "https://")), "notes": r.notes})
     used.sort(key=lambda e: (e["date"], e["kind"]))
     return used, later
-
-
-def _n(x) -> str:
-    return f"{x:,.0f}" if x is not None else "?"
-
-
-def describe(r: dict) -> str:
-    """One line saying what an evidence row records (kind-specific fields)."""
-    kind = r["kind"]
-    if kind == "troops":
-        rng = f" ({_n(r.get('low'))}–{_n(r.get('high'))})" if r.get("low") or r.get("high") else ""
-        return f"{_n(r['estimate'])} troops{rng}; {r['source_type']} source"
-    if kind == "unit_move":
-        dist = f", {_n(r['distance_km'])} km" if r.get("distance_km") is not None else ""
-        home = f" (home: {r['home_district']})" if r.get("home_district") else ""
-        return f"{r['direction']}: {r['unit']}{home}{dist}"
-    if kind == "exercise":
-        by = f"; announced by {r['announced_by']}" if r.get("announced_by") else ""
-        return f"{r['name']}, scheduled {r['start']} to {r['end']}{by}"
-    if kind == "sign":
-        return f"{r['category'].replace('_', ' ')}: {r['description']}"
-    if kind == "claim":
-        status = "verified" if r.get("verified") else "unverified"
-        by = f" by {r['verified_by']}" if r.get("verified_by") else ""
-        return f"{r['claim_type'].replace('_', ' ')} claim, {status}{by}"
-    return ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("kind", "theater", "date", "source", "notes"))
 
 
 def _stated(s: priors.Stated) -> dict:
@@ -238,7 +184,7 @@ def _priors(text: str) -> dict:
     add("theater_spread", "Theater spread: odds ratio vs reference class (90% bound)", used.theater_spread,
         default.theater_spread if default else None, spread=True)
     for name in INDICATORS:
-        add(f"indicators.{name}", f"{LABELS.get(name, name)}: likelihood ratio", used.indicators[name],
+        add(f"indicators.{name}", f"{label(name)}: likelihood ratio", used.indicators[name],
             default.indicators[name] if default else None)
     return {"profile": used.name, "description": used.description, "hash": used.hash,
             "default_hash": default.hash if default else None, "default_error": default_error,
@@ -329,7 +275,7 @@ def drivers_chart(forecast_part: dict) -> str | None:
     err = np.array([[d["log_odds"] - d["lo"] for d in drivers], [d["hi"] - d["log_odds"] for d in drivers]])
     ax.barh(y, values, xerr=np.clip(err, 0, None), color=np.where(values >= 0, "#cb181d", "#2171b5"),
             alpha=0.8, error_kw={"lw": 0.8, "capsize": 2})
-    ax.set_yticks(y, [LABELS.get(d["indicator"], d["indicator"]) for d in drivers], fontsize=7)
+    ax.set_yticks(y, [label(d["indicator"]) for d in drivers], fontsize=7)
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlabel("contribution to today's log-odds of escalation (80% interval)")
     ax.set_title("Drivers: what moves the forecast, versus a quiet baseline", fontsize=9)
@@ -348,7 +294,7 @@ def _environment() -> jinja2.Environment:
     env.filters["num"] = lambda x, d=2: "—" if x is None else f"{x:,.{d}f}"
     env.filters["signed"] = lambda x: f"{x:+.2f}"
     env.filters["odds"] = lambda x: f"×{math.exp(x):.2f}"
-    env.filters["label"] = lambda name: LABELS.get(name, name)
+    env.filters["label"] = label
     env.filters["g"] = lambda x: f"{x:g}"
     env.filters["words"] = predict.words
     return env

@@ -34,7 +34,7 @@ from typing import Callable
 
 import filelock
 
-from forecast import config, dataset, model, priors, refit, runs, store
+from forecast import config, dataset, priors, refit, runs, sampling, store
 from forecast.features import data_hash
 
 LOCK_NAME = ".refit-all.lock"
@@ -107,12 +107,12 @@ def _one_line(err: BaseException, limit: int = 300) -> str:
     return first + (f" (+{len(lines) - 1} more lines: see the summary's traceback)" if len(lines) > 1 else "")
 
 
-def _same_fit(manifest: dict, data: str, prior: str, settings: model.SamplerSettings) -> bool:
+def _same_fit(manifest: dict, data: str, prior: str, settings: sampling.SamplerSettings) -> bool:
     return (manifest["data_hash"] == data and manifest["prior_hash"] == prior
             and manifest.get("sampler") == settings.recorded() and manifest.get("code_version") == runs.code_version())
 
 
-def refit_theater(eng, theater: str, profile: priors.Profile, settings: model.SamplerSettings) -> Result:
+def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling.SamplerSettings) -> Result:
     """Refit one theater as of its latest evidence unless its published run is up to date."""
     panels, as_of = dataset.from_store(eng, theater, None)
     data = data_hash(panels)
@@ -143,7 +143,7 @@ def refit_theater(eng, theater: str, profile: priors.Profile, settings: model.Sa
 
 
 def refit_all(eng, profile: priors.Profile | None = None,
-              settings: model.SamplerSettings = model.SamplerSettings(progressbar=False),
+              settings: sampling.SamplerSettings = sampling.SamplerSettings(progressbar=False),
               keep: int | None = None, log: Callable[[str], None] = lambda line: None) -> dict:
     """The scheduled job. Raises `Busy` if another job holds the lock; returns the summary document."""
     keep = keep if keep is not None else keep_runs()

@@ -12,8 +12,7 @@ import math
 import re
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
 SOURCE_TYPES = ("official", "government", "osint", "media")
 SIGN_CATEGORIES = (
@@ -133,7 +132,8 @@ class Theater(_Row):
 
 
 class Evidence(_Row):
-    """Fields every evidence row shares."""
+    """Fields every evidence row shares. Each kind adds its fields and `describe()`: one line saying
+    what the row records, which the page, the reports and the CLI all print."""
 
     theater: Slug
     date: Day
@@ -160,6 +160,9 @@ class Evidence(_Row):
         """The first day an analyst could have known this row."""
         return self.reported or self.date
 
+def _count(x: float | None) -> str:
+    return "?" if x is None else f"{x:,.0f}"
+
 
 class Troops(Evidence):
     kind: Literal["troops"]
@@ -168,6 +171,11 @@ class Troops(Evidence):
     high: Personnel | None = None
     source_type: Literal[SOURCE_TYPES]
     key_fields: ClassVar[tuple[str, ...]] = ("date", "source")
+
+    def describe(self) -> str:
+        spread = f" ({_count(self.low or self.estimate)}–{_count(self.high or self.estimate)})" \
+            if self.low or self.high else ""
+        return f"{_count(self.estimate)} troops{spread} [{self.source_type}]"
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -186,6 +194,12 @@ class UnitMove(Evidence):
     distance_km: Annotated[Number, Field(ge=0, le=MAX_DISTANCE_KM)] | None = None
     key_fields: ClassVar[tuple[str, ...]] = ("date", "unit", "direction")
 
+    def describe(self) -> str:
+        verb = "arrives" if self.direction == "arrive" else "departs"
+        home = f" from {self.home_district}" if self.home_district and self.direction == "arrive" else ""
+        far = f" ({_count(self.distance_km)} km)" if self.distance_km is not None else ""
+        return f"{self.unit} {verb}{home}{far}"
+
 
 class Exercise(Evidence):
     kind: Literal["exercise"]
@@ -194,6 +208,10 @@ class Exercise(Evidence):
     end: Day
     announced_by: Note | None = None
     key_fields: ClassVar[tuple[str, ...]] = ("name",)
+
+    def describe(self) -> str:
+        by = f", announced by {self.announced_by}" if self.announced_by else ""
+        return f"Exercise {self.name}: {self.start} to {self.end}{by}"
 
     @model_validator(mode="after")
     def _end_after_start(self):
@@ -208,6 +226,9 @@ class Sign(Evidence):
     description: Text
     key_fields: ClassVar[tuple[str, ...]] = ("date", "category", "description")
 
+    def describe(self) -> str:
+        return f"{self.category.replace('_', ' ')}: {self.description}"
+
 
 class Claim(Evidence):
     kind: Literal["claim"]
@@ -216,11 +237,19 @@ class Claim(Evidence):
     verified_by: Note | None = None
     key_fields: ClassVar[tuple[str, ...]] = ("date", "claim_type", "source")
 
+    def describe(self) -> str:
+        status = "verified" if self.verified else "unverified"
+        by = f" ({'confirmed' if self.verified else 'disputed'} by {self.verified_by})" if self.verified_by else ""
+        return f"{self.claim_type.replace('_', ' ')} claim, {status}{by}"
+
 
 class Outcome(Evidence):
     kind: Literal["outcome"]
     escalated: Bool
     key_fields: ClassVar[tuple[str, ...]] = ()
+
+    def describe(self) -> str:
+        return "Escalation" if self.escalated else "Crisis ended without escalation"
 
 
 EvidenceRow = Annotated[

@@ -13,7 +13,7 @@ model's own code, so the simulation cannot drift away from what is fitted:
    model sees) and its force covariates from ``model.force_paths`` with the TRUE
    stage-1 parameters and one filtering shock ``~ Normal(0, 1)`` per theater — the
    errors-in-variables term the model integrates over by its imputation paths;
-5. ``logit h[c,t] = alpha + sigma_theater * z_c + beta . x[c,t]``, and the
+5. ``logit h[c,t] = alpha + sigma_theater * z_c + beta . x[c,t]`` (`forecast.hazard`), and the
    escalation day is the first day a Bernoulli(h) fires; none within the window
    means the case ends, censored, on its last day.
 """
@@ -26,13 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from forecast import hazard
 from forecast.features import INDICATORS, TheaterPanel, build_panel
 from forecast.model import MU0, TAU0, force_paths
-from forecast.schema import SIGN_CATEGORIES, SOURCE_TYPES, MODEL_BY_KIND, Evidence, Theater, Troops
+from forecast.schema import MODEL_BY_KIND, SIGN_CATEGORIES, SOURCE_TYPES, Evidence, Theater, Troops
 
 START = dt.date(2000, 1, 1)
-STAGE1_PARAMS = ("bias", "noise", "drift")
-STAGE2_PARAMS = ("alpha", "beta", "sigma_theater")
 
 
 @dataclass
@@ -99,8 +98,8 @@ def simulate(params: dict, n_theaters: int, days: int, rng: np.random.Generator,
         # The hazard over the whole window, from the panel the model will see (no cut binds inside it).
         window = build_panel(theater, rows, cut=start + dt.timedelta(days=days - 1))
         x = covariates(window, params, shocks[c])
-        eta = params["alpha"] + params["sigma_theater"] * z[c] + x @ beta
-        hits = np.flatnonzero(rng.random(days) < 1 / (1 + np.exp(-eta)))
+        eta = hazard.log_odds(params["alpha"], params["sigma_theater"], z[c], x, beta)
+        hits = np.flatnonzero(rng.random(days) < hazard.daily(eta))
         if hits.size:
             event_day[c] = hits[0]
         last = int(hits[0]) if hits.size else days - 1

@@ -31,10 +31,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-
-from forecast import config
 from pydantic import ValidationError
 
+from forecast import config
 from forecast.schema import KINDS, MODEL_BY_KIND, Evidence, Theater, kind_fields
 
 SCHEMA_VERSION = 4

@@ -258,40 +258,65 @@ def initialised_cli(initialised_store, runs_dir) -> Cli:
     return Cli(initialised_store, runs_dir)
 
 
-# --- one real fit of the flagship, shared by the session --------------------------------
+# --- fits of the flagship, shared by the session --------------------------------------------
 
 FLAGSHIP, FLAGSHIP_AS_OF = "russia-ukraine-2022", "2022-02-15"
 
 
-@pytest.fixture(scope="session")
-def flagship_template(initialised_template, tmp_path_factory) -> Path:
-    """A runs folder holding one real, published fit of the flagship as of 2022-02-15.
-
-    Default sampler settings (the gate needs them): about 30 s once per session.
-    Read-only: use `fitted_store`, which copies it.
-    """
+def _flagship_runs(initialised_template, tmp_path_factory, name: str, **refit_kwargs) -> Path:
+    """A runs folder holding one published run of the flagship as of FLAGSHIP_AS_OF."""
     import datetime as dt
 
     from forecast import refit, store
 
-    runs = tmp_path_factory.mktemp("flagship-runs")
-    db = tmp_path_factory.mktemp("flagship-db") / "forecast.db"
+    runs = tmp_path_factory.mktemp(f"{name}-runs")
+    db = tmp_path_factory.mktemp(f"{name}-db") / "forecast.db"
     shutil.copyfile(initialised_template, db)
     db.chmod(0o644)
     mp = pytest.MonkeyPatch()
     mp.setenv("FORECAST_RUNS_DIR", str(runs))
     try:
-        run = refit.refit(store.engine(sqlite_url_for(db)), FLAGSHIP, dt.date.fromisoformat(FLAGSHIP_AS_OF))
+        run = refit.refit(store.engine(sqlite_url_for(db)), FLAGSHIP, dt.date.fromisoformat(FLAGSHIP_AS_OF),
+                          **refit_kwargs)
     finally:
         mp.undo()
     assert run.published, run.manifest["reason"]
     return runs
 
 
+@pytest.fixture(scope="session")
+def flagship_template(initialised_template, tmp_path_factory) -> Path:
+    """A runs folder with a published flagship run whose draws come from the prior (`prior_sampling`).
+
+    Everything after sampling is real (filtering, prediction, gate, run store), in seconds: for
+    tests of what the page, the reports and the scheduler do with a run. Read-only: use `fitted_store`.
+    """
+    from prior_sampling import prior_sample
+
+    return _flagship_runs(initialised_template, tmp_path_factory, "prior-flagship", sample=prior_sample)
+
+
+@pytest.fixture(scope="session")
+def sampled_flagship_template(initialised_template, tmp_path_factory) -> Path:
+    """A runs folder with one real, published fit of the flagship (default settings, about a minute).
+
+    For the tests that prove the model right (leakage, drivers, the browser test). Read-only:
+    use `sampled_store`.
+    """
+    return _flagship_runs(initialised_template, tmp_path_factory, "sampled-flagship")
+
+
 @pytest.fixture
 def fitted_store(flagship_template, initialised_store, runs_dir) -> Cli:
-    """This test's own store and runs folder, with the flagship fitted (FORECAST_* point at them)."""
+    """This test's own store and runs folder, with the prior-draw flagship run (FORECAST_* point at them)."""
     shutil.copytree(flagship_template, runs_dir, dirs_exist_ok=True)
+    return Cli(initialised_store, runs_dir)
+
+
+@pytest.fixture
+def sampled_store(sampled_flagship_template, initialised_store, runs_dir) -> Cli:
+    """This test's own store and runs folder, with the real flagship fit (FORECAST_* point at them)."""
+    shutil.copytree(sampled_flagship_template, runs_dir, dirs_exist_ok=True)
     return Cli(initialised_store, runs_dir)
 
 

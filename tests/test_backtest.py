@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CASES_DIR, Cli, DATA_DIR, sqlite_url_for
-from forecast import backtest, model, store
+from forecast import backtest, public_record, sampling, scoring, store
+
+from conftest import CASES_DIR, DATA_DIR, Cli, sqlite_url_for
 
 CASES = ["crimea-2014", "taiwan-strait-1996", "georgia-2008"]  # escalated (short), none, escalated (long)
 SMALL = ["--draws", "100", "--tune", "150", "--chains", "2"]
-SMALL_SETTINGS = model.SamplerSettings(draws=100, tune=150, chains=2, progressbar=False)
+SMALL_SETTINGS = sampling.SamplerSettings(draws=100, tune=150, chains=2, progressbar=False)
 HS = ("7", "30", "90")
 
 
@@ -72,7 +73,7 @@ def test_scores_by_horizon(result):
         assert 0 <= doc["ece"][h] <= 1
         assert doc["auc"][h] is None or 0 <= doc["auc"][h] <= 1
         bins = doc["reliability"][h]
-        assert len(bins) == backtest.N_BINS and sum(b["n"] for b in bins) == doc["n_forecasts"]
+        assert len(bins) == scoring.N_BINS and sum(b["n"] for b in bins) == doc["n_forecasts"]
         for b in bins:
             if b["n"]:
                 assert b["lo"] <= b["mean_forecast"] <= b["hi"] and 0 <= b["observed"] <= 1
@@ -230,18 +231,18 @@ def test_auc_rank_formula():
     p = np.array([0.1, 0.4, 0.35, 0.8, 0.5, 0.5])
     y = np.array([0, 0, 1, 1, 0, 1])
     pairs = [(a > b) + 0.5 * (a == b) for a in p[y == 1] for b in p[y == 0]]
-    assert backtest.auc(p, y) == pytest.approx(np.mean(pairs))
-    assert backtest.auc(p, np.zeros(6, dtype=int)) is None
+    assert scoring.auc(p, y) == pytest.approx(np.mean(pairs))
+    assert scoring.auc(p, np.zeros(6, dtype=int)) is None
 
 
 def test_reliability_bins_and_ece():
     p = np.array([0.05, 0.05, 0.95, 0.95, 0.55])
     y = np.array([0, 1, 1, 1, 0])
-    bins, ece = backtest.reliability(p, y, bins=10)
+    bins, ece = scoring.reliability(p, y, bins=10)
     assert [b["n"] for b in bins] == [2, 0, 0, 0, 0, 1, 0, 0, 0, 2]
     assert bins[0]["observed"] == 0.5 and bins[9]["observed"] == 1.0
     assert ece == pytest.approx((2 * 0.45 + 1 * 0.55 + 2 * 0.05) / 5, abs=1e-4)
-    assert backtest.reliability(np.array([1.0]), np.array([1]))[0][-1]["n"] == 1  # p = 1 is in the last bin
+    assert scoring.reliability(np.array([1.0]), np.array([1]))[0][-1]["n"] == 1  # p = 1 is in the last bin
 
 
 def _case(start: str, end: str, escalated: bool, tid: str = "x") -> backtest.Case:
@@ -274,7 +275,7 @@ def test_climatology_leaves_the_case_out():
 
 def test_public_forecasts_are_sourced():
     doc = json.loads((DATA_DIR / "public_forecasts.json").read_text())
-    q = backtest.metaculus_question(doc, "russia-ukraine-2022")
+    q = public_record.question_for(doc, "russia-ukraine-2022")
     assert q["question"] == "Will Russia invade Ukraine before 2023?" and q["resolves_by"] == "2022-12-31"
     assert "as stated in the project issue" in q["source"]
     assert [f["date"] for f in q["forecasts"]] == ["2021-12-15", "2022-01-18", "2022-02-13", "2022-02-19"]

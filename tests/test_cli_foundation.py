@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from conftest import CASES_DIR, all_counts
 from forecast.schema import KINDS
+
+from conftest import CASES_DIR, all_counts
 
 FLAGSHIP = "russia-ukraine-2022"
 BUNDLED = sorted(p.stem for p in CASES_DIR.glob("*.jsonl"))
@@ -101,8 +102,14 @@ def test_evidence_all_kinds_json(initialised_cli):
 
 
 def test_evidence_text(initialised_cli):
+    from forecast import store
+
     out = initialised_cli.ok("evidence", FLAGSHIP, "--kind", "sign").stdout
-    assert "sign" in out and "category=" in out
+    rows = store.load_evidence(initialised_cli.engine(), FLAGSHIP, "sign")
+    assert len(out.splitlines()) == len(rows)
+    for line, row in zip(out.splitlines(), rows):  # date, kind, what the row records (schema's describe), source
+        assert line == f"{row.date}  sign       {row.describe()}  [{row.source}]"
+    assert "evacuation: " in out
 
 
 def test_unknown_theater_exits_2(initialised_cli):

@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def dashboard_url(fitted_store, tmp_path):
+def dashboard_url(sampled_store, tmp_path):
     """`forecast dashboard --port N` serving this test's store; stopped (its process group) afterwards."""
     port = free_port()
     log = open(tmp_path / "dashboard.log", "w")

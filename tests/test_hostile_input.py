@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from conftest import CASES_DIR, FLAGSHIP, all_counts, case_file
 from forecast import ingest, priors, runs, safe_write, schedule, store
 from forecast.schema import MODEL_BY_KIND, Theater
+
+from conftest import CASES_DIR, FLAGSHIP, all_counts, case_file
 
 THEATER = {"kind": "theater", "id": "probe-2025", "name": "Probe", "actor": "A", "target": "B",
            "start": "2025-01-01", "source": "Test Gazette"}
@@ -175,7 +176,7 @@ def test_report_refuses_to_replace_a_device_fifo_symlink_or_folder(published, tm
 
 
 def test_safe_write_refuses_special_files_and_profiles_use_it(tmp_path, monkeypatch):
-    for name, path in _special_targets(tmp_path).items():
+    for path in _special_targets(tmp_path).values():
         with pytest.raises(safe_write.UnsafeTarget, match="refusing"):
             safe_write.write_text(path, "x")
     safe_write.write_text(tmp_path / "new.txt", "x")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import all_counts, case_file
 from forecast import ingest, store
+
+from conftest import all_counts, case_file
 
 FLAGSHIP = "russia-ukraine-2022"
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
-from forecast import model, predict, priors, refit, runs, simulate, store
+from forecast import model, predict, priors, refit, runs, sampling, simulate, store
 from forecast.features import INDICATORS, build_panel
 
 FLAGSHIP = "russia-ukraine-2022"
@@ -84,7 +84,7 @@ def recovery():
     sim = simulate.simulate(params, 60, 120, np.random.default_rng(11), estimates=(4, 10))
     panels = sim.panels()
     fitted = model.fit(panels, panels[-1].id, priors.load("default"),
-                       model.SamplerSettings(draws=300, tune=400, seed=11, **SMALL))
+                       sampling.SamplerSettings(draws=300, tune=400, seed=11, **SMALL))
     return params, sim, fitted
 
 
@@ -159,19 +159,41 @@ def test_recovery_stage1_biases_noise_and_drift(recovery, name, tolerance):
         assert np.allclose(draws.sum(axis=1), 0, atol=1e-8)  # anchored: biases sum to zero
 
 
+@pytest.mark.slow
+def test_log_likelihood_per_theater_is_the_models_and_az_loo_reads_it(recovery):
+    """The stage-2 log_likelihood group holds each theater's term of the hazard likelihood, per draw."""
+    import arviz as az
+
+    _, sim, fitted = recovery
+    ll = fitted.stage2.log_likelihood[model.LOG_LIKELIHOOD]
+    assert ll.dims == ("chain", "draw", "theater") and ll.sizes["theater"] == len(sim.theaters)
+    assert model.LOG_LIKELIHOOD not in fitted.stage2.posterior and np.isfinite(ll.values).all()
+    # Summed over theaters, the recorded terms are the likelihood the sampler used (the Potential).
+    built = model.build_stage2(fitted.panels, fitted.x_force, fitted.profile)
+    potential = built.compile_fn(built.potentiallogp)
+    post = fitted.stage2.posterior
+    for chain, draw in ((0, 0), (1, 123)):
+        point = {"alpha": post["alpha"].values[chain, draw], "beta": post["beta"].values[chain, draw],
+                 "z": post["z"].values[chain, draw],
+                 "sigma_theater_log__": np.log(post["sigma_theater"].values[chain, draw])}
+        assert float(potential(point)) == pytest.approx(float(ll.values[chain, draw].sum()), rel=1e-9)
+    loo = az.loo(fitted.stage2)
+    assert np.isfinite(loo.elpd_loo) and loo.n_data_points == len(sim.theaters)
+
+
 # --- no leakage: the whole fit -------------------------------------------------------------------
 
 
 @pytest.fixture
-def flagship_run(fitted_store):
-    """The session's published fit of the flagship as of 2022-02-15, made on the full bundled store."""
+def flagship_run(sampled_store):
+    """The session's published, really sampled fit of the flagship as of 2022-02-15, made on the full store."""
     run = runs.latest(FLAGSHIP)
     assert run is not None and run.published
     return run
 
 
 @pytest.mark.slow
-def test_fit_as_of_a_date_gives_the_same_forecast_without_later_evidence_and_outcome(fitted_store, flagship_run,
+def test_fit_as_of_a_date_gives_the_same_forecast_without_later_evidence_and_outcome(sampled_store, flagship_run,
                                                                                      tmp_path):
     """Refit the flagship as of 2022-02-15 on a store holding only what was known then: same forecast.
 
@@ -183,7 +205,7 @@ def test_fit_as_of_a_date_gives_the_same_forecast_without_later_evidence_and_out
     reported after it are checked at the panel level in test_features.py.)
     """
     as_of = dt.date.fromisoformat(flagship_run.manifest["as_of"])
-    eng = store.engine(fitted_store.db_url)
+    eng = store.engine(sampled_store.db_url)
     theaters, evidence = store.load_theaters(eng), store.load_evidence(eng)
     own = [r for r in evidence if r.theater == FLAGSHIP]
     later = [r for r in own if r.kind == "outcome" or r.known_on > as_of]

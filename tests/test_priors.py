@@ -111,10 +111,10 @@ def _sign_medical(text: str) -> str:
     (_edit("[base_rate]\nvalue = 0.15", "[base_rate]\nvalue = 0.15\nconfidence = 0.9"), "confidence", "unknown key"),
     (_sign_medical("range = [8, 1.2]"), "indicators.sign_medical", "inverted"),
     (_sign_medical("range = [3, 3]"), "indicators.sign_medical", "no width"),
-    (_sign_medical("range = [4, 8]"), "indicators.sign_medical", "outside its range"),
+    (_sign_medical("range = [4, 8]"), "indicators.sign_medical", "not inside its range"),
     (_sign_medical("range = [0, 8]"), "indicators.sign_medical", "must lie in"),
     (_edit("range = [0.04, 0.4]", "range = [0.04, 1.2]"), "base_rate", "must lie in"),
-    (_edit("range = [0.04, 0.4]", "range = [0.2, 0.4]"), "base_rate", "outside its range"),
+    (_edit("range = [0.04, 0.4]", "range = [0.2, 0.4]"), "base_rate", "not inside its range"),
     (_edit("[theater_spread]\nvalue = 3", "[theater_spread]\nvalue = 0.5"), "theater_spread", "odds ratio above 1"),
     (DEFAULT_TEXT.split("[indicators.claim_verified]")[0], "claim_verified", "missing"),
     ("name = 'x'\n[base_rate\n", "not valid TOML", "TOML"),
@@ -167,3 +167,35 @@ def test_render_round_trips_the_default_profile():
     again = priors.parse(priors.render(profile))
     assert again.base_rate == profile.base_rate and again.indicators == profile.indicators
     assert again.theater_spread.value == profile.theater_spread.value
+
+
+@pytest.mark.parametrize("centre, low, high", [
+    (math.log(1.5), math.log(0.8), math.log(3.0)),  # an indicator of the default profile
+    (math.log(0.3), math.log(0.1), math.log(0.8)),  # a protective one, off-centre
+    (priors.daily_logit(0.15), priors.daily_logit(0.04), priors.daily_logit(0.4)),  # the base rate
+    (0.0, -0.01, 5.0),  # the value close to one end
+])
+def test_closed_form_prior_is_preliz_maxent(centre, low, high):
+    """The one prior solver (closed form) finds PreliZ's maximum-entropy Normal, to 1e-5 in its sd."""
+    import preliz as pz
+
+    fitted = pz.Normal()
+    pz.maxent(fitted, low, high, priors.RANGE_MASS, fixed_params={"mu": centre}, plot=False)
+    ours = priors.normal_with_mass(centre, low, high).parameters
+    assert ours["mu"] == centre
+    assert ours["sigma"] == pytest.approx(float(fitted.sigma), rel=1e-5)
+    assert _mass(priors.normal_with_mass(centre, low, high), low, high) == pytest.approx(priors.RANGE_MASS, abs=1e-9)
+
+
+def test_closed_form_halfnormal_is_preliz_maxent():
+    import preliz as pz
+
+    fitted = pz.HalfNormal()
+    pz.maxent(fitted, 0, math.log(3), priors.SPREAD_MASS, plot=False)
+    assert priors.halfnormal_below(math.log(3)).parameters["sigma"] == pytest.approx(float(fitted.sigma), rel=1e-5)
+
+
+def test_stage1_priors_are_recorded_prior_objects():
+    assert set(priors.STAGE1_PRIORS) == {"level_start", "bias", "noise", "drift"}
+    for prior in priors.STAGE1_PRIORS.values():
+        assert isinstance(prior, Prior) and Prior.from_dict(prior.to_dict()).to_dict() == prior.to_dict()

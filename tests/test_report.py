@@ -8,12 +8,9 @@ import io
 import json
 import re
 
-import numpy as np
 import pytest
 
 from conftest import FLAGSHIP, FLAGSHIP_AS_OF
-
-slow = pytest.mark.slow  # uses the shared flagship fit (once per session) or samples
 
 NASTY_NOTE = "<script>alert('note')</script> & <b>bold</b>"
 NASTY_ROW = {"kind": "sign", "theater": FLAGSHIP, "date": "2022-02-10", "category": "medical",
@@ -54,7 +51,6 @@ def _common_parts(text: str, shown: dict) -> None:
     assert shown["prior_hash"] in text
 
 
-@slow
 def test_html_report_is_complete_and_self_contained(fitted_store, tmp_path):
     shown = fitted_store.json("show", FLAGSHIP)
     page = _report(fitted_store, "html", tmp_path).decode("utf-8")
@@ -68,7 +64,7 @@ def test_html_report_is_complete_and_self_contained(fitted_store, tmp_path):
     assert not re.search(r'src="(?!data:)', page)
     assert "<script" not in page.lower() and "<link" not in page.lower()
     # drivers, priors, diagnostics, generation time
-    assert "Sign: ultimatum / recognition" in text
+    assert "Ultimatum / recognition" in text  # the indicator labels of forecast.features
     assert "Identical in every stated value to the current default profile" in text
     assert "passed the convergence gate" in text
     assert re.search(r"generated \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", text)
@@ -86,7 +82,6 @@ def test_html_report_is_complete_and_self_contained(fitted_store, tmp_path):
     assert f"{len(later)} later row(s)" in text
 
 
-@slow
 def test_json_report_holds_the_same_content(fitted_store, tmp_path):
     shown = fitted_store.json("show", FLAGSHIP)
     doc = json.loads(_report(fitted_store, "json", tmp_path))
@@ -109,7 +104,6 @@ def test_json_report_holds_the_same_content(fitted_store, tmp_path):
     assert all(e["date"] <= FLAGSHIP_AS_OF for e in doc["evidence"])
 
 
-@slow
 def test_pdf_report_reads_back(fitted_store, tmp_path):
     shown = fitted_store.json("show", FLAGSHIP)
     data = _report(fitted_store, "pdf", tmp_path)
@@ -121,7 +115,6 @@ def test_pdf_report_reads_back(fitted_store, tmp_path):
     assert "page 1 of" in text
 
 
-@slow
 def test_analyst_markup_is_shown_as_text(fitted_store, tmp_path):
     """A note with <script> (and markup in sources, descriptions, URLs) is escaped in every format."""
     path = tmp_path / "nasty.jsonl"
@@ -143,10 +136,9 @@ def test_analyst_markup_is_shown_as_text(fitted_store, tmp_path):
     assert "<script>alert('note')</script>" in text
 
 
-@slow
 def test_reweighted_export_for_the_dashboard(fitted_store):
     """render() with a reweighted forecast and its profile: the numbers and priors are the override's."""
-    from forecast import predict, priors, report, runs, store
+    from forecast import predict, priors, report, reweight, runs, store
 
     run = runs.require_published(FLAGSHIP)
     fitted = priors.parse(run.profile_text())
@@ -155,10 +147,8 @@ def test_reweighted_export_for_the_dashboard(fitted_store):
                                                                         old.rationale, old.unit)},
                                  name="hawkish <x>")
     text = profile.text
-    draws = run.draws()
-    weights = np.exp(profile.log_density(draws["alpha"].values, draws["beta"].values,
-                                         draws["sigma_theater"].values) - draws["log_prior"].values)
-    override = {**predict.summarise(draws, weights), "pareto_k": 0.31}
+    weights = reweight.PriorReweighter(run).weights(profile)
+    override = {**predict.summarise(run.draws(), weights.w), "pareto_k": 0.31}
     rows = store.load_evidence(fitted_store.engine(), FLAGSHIP)
 
     doc = json.loads(report.render(run, rows, "json", forecast_override=override, profile_override_text=text))
@@ -178,7 +168,6 @@ def test_reweighted_export_for_the_dashboard(fitted_store):
         report.render(run, rows, "docx")
 
 
-@slow
 def test_a_rejected_run_says_so(fitted_store):
     from forecast import report, runs
 
@@ -188,7 +177,6 @@ def test_a_rejected_run_says_so(fitted_store):
     assert "Not a published forecast." in text and "min bulk ESS 20 < 400" in text
 
 
-@slow
 def test_report_default_output_name(fitted_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     written = fitted_store.json("report", FLAGSHIP, "--format", "json")
@@ -211,7 +199,6 @@ def test_report_bad_input_exits_2(initialised_cli, tmp_path):
     assert result.exit_code == 2 and "unknown theater" in result.stderr
 
 
-@slow
 def test_report_to_a_missing_folder_exits_2(fitted_store, tmp_path):
     result = fitted_store("report", FLAGSHIP, "--format", "html", "-o", tmp_path / "nowhere" / "r.html")
     assert result.exit_code == 2 and "does not exist" in result.stderr

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import FLAGSHIP, FLAGSHIP_AS_OF, case_file
 
-slow = pytest.mark.slow  # uses the shared flagship fit (once per session) or samples
+slow = pytest.mark.slow  # samples a real posterior
 
 WATCHED = "watch-ukraine"
 
@@ -69,7 +69,7 @@ class StoredFit:
         self.fail_for: set[str] = set()
         self.real = False
 
-    def __call__(self, panels, target, profile, settings):
+    def __call__(self, panels, target, profile, settings, **options):
         import arviz as az
 
         from forecast import model
@@ -78,7 +78,7 @@ class StoredFit:
         if target in self.fail_for:
             raise RuntimeError(f"sampler exploded on {target}")
         if self.real:
-            return self.real_fit(panels, target, profile, settings)
+            return self.real_fit(panels, target, profile, settings, **options)
         post = self.stage2.posterior
         post = post.assign_coords(theater=[target if t == FLAGSHIP else t for t in post["theater"].values])
         stage2 = az.InferenceData(posterior=post, sample_stats=self.stage2.sample_stats)
@@ -115,7 +115,6 @@ def test_bundled_theaters_are_all_closed(initialised_cli):
     assert any("no open theaters" in line for line in log)
 
 
-@slow
 def test_second_run_skips(stored_fit, watched, tmp_path):
     code, first, log = refit_all(watched)
     assert code == 0, log
@@ -144,7 +143,6 @@ def test_second_run_skips(stored_fit, watched, tmp_path):
     assert watched.json("show", WATCHED)["run_id"] == by_theater(third)[WATCHED]["run_id"] != run_id
 
 
-@slow
 def test_changed_priors_refit(stored_fit, watched, tmp_path, monkeypatch):
     from forecast import config, priors
 
@@ -161,7 +159,6 @@ def test_changed_priors_refit(stored_fit, watched, tmp_path, monkeypatch):
     assert watched.json("show", WATCHED)["prior_profile"] == "wide"
 
 
-@slow
 def test_overlapping_run_is_refused(stored_fit, watched, runs_dir):
     import filelock
 
@@ -212,7 +209,6 @@ def test_failing_the_gate_keeps_the_old_forecast(stored_fit, watched, tmp_path):
     assert stored_fit.calls == [WATCHED, WATCHED]
 
 
-@slow
 def test_crash_mid_write_leaves_the_previous_run_intact(stored_fit, watched, tmp_path, monkeypatch):
     from forecast import runs
 
@@ -244,7 +240,6 @@ def test_crash_mid_write_leaves_the_previous_run_intact(stored_fit, watched, tmp
     assert [r["run_id"] for r in watched.json("runs", WATCHED)] == [before["run_id"]]
 
 
-@slow
 def test_one_theater_crashing_does_not_stop_the_others(stored_fit, watched, tmp_path):
     watched.ok("import", watched_case(tmp_path / "watch-a.jsonl", "watch-a"))
     stored_fit.fail_for = {"watch-a"}
@@ -281,7 +276,6 @@ def _copy_run(source: Path, run_id: str, created: str, status: str) -> None:
     (target / "manifest.json").write_text(json.dumps(manifest))
 
 
-@slow
 def test_retention_keeps_the_newest_and_the_published(fitted_store, runs_dir):
     from forecast import runs
 
@@ -312,7 +306,6 @@ def test_retention_keeps_the_newest_and_the_published(fitted_store, runs_dir):
     assert fitted_store.json("show", FLAGSHIP)["run_id"] == original.id
 
 
-@slow
 def test_runs_history(fitted_store, initialised_cli):
     shown = fitted_store.json("show", FLAGSHIP)
     history = fitted_store.json("runs", FLAGSHIP)
