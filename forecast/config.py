@@ -43,7 +43,12 @@ def dashboard_refit_settings():
     for field in ("draws", "tune", "chains"):
         raw = os.environ.get(f"FORECAST_DASHBOARD_{field.upper()}")
         if raw:
-            changes[field] = int(raw)
+            try:
+                changes[field] = int(raw)
+            except ValueError:
+                changes[field] = 0
+            if changes[field] < 1:
+                raise SettingsError(f"FORECAST_DASHBOARD_{field.upper()}={raw!r}: expected a whole number, at least 1")
     return SamplerSettings(progressbar=False, **changes)
 
 

@@ -140,9 +140,15 @@ class Run:
         if not profile.is_file():
             raise DamagedRun("profile.toml is missing")
         try:
-            profile.read_bytes().decode("utf-8")
+            text = profile.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
             raise DamagedRun("profile.toml is unreadable or not UTF-8") from None
+        from forecast import priors
+
+        try:
+            priors.parse(text, "profile.toml")
+        except priors.ProfileError as err:
+            raise DamagedRun(str(err)) from None
         return cls(folder, manifest)
 
     @property

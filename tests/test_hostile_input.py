@@ -311,6 +311,7 @@ DAMAGES = {
     "no-manifest": lambda f: (f / runs.MANIFEST).unlink(),
     "no-profile": lambda f: (f / "profile.toml").unlink(),
     "no-forecast": lambda f: (f / "forecast.json").unlink(),
+    "bad-profile": lambda f: (f / "profile.toml").write_text("value = = 1\n", encoding="utf-8"),
 }
 
 
@@ -680,12 +681,28 @@ def test_endless_collisions_say_try_again(initialised_cli, tmp_path, monkeypatch
     assert "try again" in result.stderr
 
 
-def test_dashboard_escapes_the_profile_unit():
-    """The one allow_html spot of the dashboard shows a run's profile `unit` escaped."""
-    source = (Path(__file__).resolve().parent.parent / "dashboards" / "app.py").read_text(encoding="utf-8")
-    spots = [line for line in source.splitlines() if "unsafe_allow_html=True" in line]
-    assert spots and all("{s.unit}" not in line for line in spots)
-    assert any("html.escape(s.unit)" in line for line in spots)
+def test_dashboard_escapes_the_profile_unit(fitted_store, no_fit):
+    """A run's profile.toml `unit` reaches the page through allow_html: it must arrive as text."""
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import REPO
+
+    run = runs.require_published(FLAGSHIP)
+    text = (run.path / "profile.toml").read_text(encoding="utf-8")
+    payload = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+    line = 'unit = "while a scheduled exercise is under way"'  # models/priors/default.toml, [indicators.exercise]
+    assert text.count(line) == 1
+    text = text.replace(line, f"unit = '{payload}'")
+    (run.path / "profile.toml").write_text(text, encoding="utf-8")
+    at = AppTest.from_file(str(REPO / "dashboards" / "app.py"), default_timeout=120)
+    at.run()
+    at.session_state["tab"] = "Priors"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    bodies = [m.body for m in at.markdown if "<small>" in m.body]
+    assert bodies and all("<img" not in b and "<script" not in b for b in bodies)
+    assert any("&lt;img" in b for b in bodies)
+    assert "`" not in "".join(b for b in bodies)  # no code span to break out of either
 
 
 def test_a_new_outcome_may_not_strand_stored_rows(initialised_cli, tmp_path):
@@ -703,3 +720,12 @@ def test_a_new_outcome_may_not_strand_stored_rows(initialised_cli, tmp_path):
     _refused(moved)
     assert "stored troops row" in moved.stderr
     initialised_cli.ok("import", _jsonl(tmp_path / "outcome.jsonl", {**early, "date": "2025-02-21"}))
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-3", "1e3"])
+def test_dashboard_sampler_settings_are_checked(monkeypatch, raw):
+    from forecast import config
+
+    monkeypatch.setenv("FORECAST_DASHBOARD_DRAWS", raw)
+    with pytest.raises(config.SettingsError, match="FORECAST_DASHBOARD_DRAWS"):
+        config.dashboard_refit_settings()
