@@ -164,7 +164,7 @@ def _engine_for(url: str) -> sa.Engine:
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if eng.dialect.name == "sqlite" and parsed.database and not is_memory(url) \
             and not parsed.database.startswith("file:"):
-        folder = Path(parsed.database).expanduser().parent
+        folder = Path(parsed.database).parent
         if not folder.is_dir():
             raise StoreError(f"FORECAST_DB_URL={shown(url)!r}: folder {folder} does not exist")
         if Path(parsed.database).is_dir():
