@@ -729,3 +729,27 @@ def test_dashboard_sampler_settings_are_checked(monkeypatch, raw):
     monkeypatch.setenv("FORECAST_DASHBOARD_DRAWS", raw)
     with pytest.raises(config.SettingsError, match="FORECAST_DASHBOARD_DRAWS"):
         config.dashboard_refit_settings()
+
+
+def test_a_v3_store_upgrades_to_v4_in_place(db_url, cli_any):
+    """The v3 -> v4 step alone: retraction columns are added, rows are kept, nothing is retracted."""
+    from test_store import _make_v1_store
+
+    rows = _make_v1_store(db_url)
+    eng = store.engine(db_url)
+    with eng.begin() as conn:  # bring it to v3 exactly as a v3 build would have
+        store.UPGRADES[1](conn)
+        store.UPGRADES[2](conn)
+        conn.execute(store.schema_version.update().values(version=3))
+    with eng.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("ev_troops")}
+    assert not set(store.RETRACTION_COLUMNS) & columns
+    assert store.upgrade(eng) == (3, 4)
+    with eng.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("ev_troops")}
+    assert set(store.RETRACTION_COLUMNS) <= columns
+    assert len(store.load_evidence(eng, "testland-2024")) == len(rows)
+    troops = cli_any.json("evidence", "testland-2024", "--kind", "troops")
+    cli_any.ok("retract", "testland-2024", troops[0]["row_id"], "--reason", "after the upgrade")
+    assert len(store.load_evidence(eng, "testland-2024")) == len(rows) - 1
+    eng.dispose()
