@@ -33,6 +33,7 @@ from forecast.schema import EVIDENCE_ADAPTER, MODEL_BY_KIND, Evidence, Theater
 # Window rules (data/README.md "Evidence outside the window" lists the bundled exceptions).
 EXERCISE_LEAD_DAYS = 366  # an exercise schedule may be announced (and start) up to a year before the crisis start
 EXERCISE_MAX_DAYS = 366  # no scheduled exercise lasts longer
+HELD_BEFORE_START_DAYS = 366  # a fact may have held up to a year before the start if first reported in the window
 TROOPS_AFTER_OUTCOME_DAYS = 31  # troop rows may follow the outcome for the level series (2021-spring: 10 days)
 FUTURE_SLACK_DAYS = 1  # a fact cannot have held (or been reported) after tomorrow
 
@@ -272,9 +273,12 @@ def window_problems(row: Evidence, theater: Theater, outcome: Evidence | None,
     """(field, reason) for every window rule a row breaks; `outcome`: the theater's outcome, if any.
 
     - no date or reported day after tomorrow (a fact cannot have held in the future);
-    - nothing before the crisis start, except an exercise, whose schedule may be announced
-      (and the exercise start) up to EXERCISE_LEAD_DAYS earlier (russia-ukraine-2022's
-      Zapad-2021 row); an exercise lasts at most EXERCISE_MAX_DAYS;
+    - nothing known before the crisis start (the first public report of the build-up): a
+      row dated earlier must be `reported` on or after the start, at most
+      HELD_BEFORE_START_DAYS after it held (eritrea-djibouti-2008's incursion of 16 Apr,
+      reported on the start day); an exercise's schedule may instead be announced (and the
+      exercise start) up to EXERCISE_LEAD_DAYS earlier (russia-ukraine-2022's Zapad-2021
+      row); an exercise lasts at most EXERCISE_MAX_DAYS;
     - the outcome is not before the start;
     - nothing after the outcome, except troop rows up to TROOPS_AFTER_OUTCOME_DAYS later
       (russia-ukraine-2021-spring keeps two for its level series).
@@ -300,8 +304,13 @@ def window_problems(row: Evidence, theater: Theater, outcome: Evidence | None,
             out.append(("end", f"the exercise would last {(row.end - row.start).days} days "
                                f"(more than {EXERCISE_MAX_DAYS})"))
     elif row.date < start:
-        out.append(("date", f"{row.date} is before {theater.id} starts ({start}); only an exercise "
-                            "schedule may be announced earlier"))
+        if row.reported is None or row.reported < start:
+            out.append(("date", f"{row.date} is before {theater.id} starts ({start}) and was not reported after "
+                                "it: only a fact first reported in the window (set `reported`) or an exercise "
+                                "schedule may be dated earlier"))
+        elif (start - row.date).days > HELD_BEFORE_START_DAYS:
+            out.append(("date", f"{row.date} is more than {HELD_BEFORE_START_DAYS} days before {theater.id} "
+                                f"starts ({start})"))
     if outcome is not None and outcome.date >= start:
         end = outcome.date
         if row.kind == "troops":

@@ -386,6 +386,8 @@ WINDOW_CASES = {
     "future": ({**TROOPS, "date": "2099-01-01"}, "date"),
     "reported-future": ({**TROOPS, "reported": "2099-01-01"}, "reported"),
     "before-start": ({**TROOPS, "date": "2024-12-31"}, "date"),
+    "reported-before-start": ({**TROOPS, "date": "2024-12-20", "reported": "2024-12-30"}, "date"),
+    "held-years-before-start": ({**TROOPS, "date": "2022-12-20", "reported": "2025-01-05"}, "date"),
     "sign-after-outcome": ({"kind": "sign", "date": "2025-03-02", "category": "medical", "description": "d",
                             "source": "S"}, "date"),
     "troops-long-after-outcome": ({**TROOPS, "date": "2025-04-15"}, "date"),
@@ -407,10 +409,13 @@ def test_window_rules(initialised_cli, tmp_path, case):
 
 
 def test_window_allows_what_the_bundled_cases_hold(initialised_cli, tmp_path):
-    """Exercise schedules before the start, troop rows shortly after the outcome (data/README.md)."""
+    """Exercise schedules before the start, troop rows shortly after the outcome, a fact that held before
+    the start but was first reported in the window (data/README.md "Evidence outside the window")."""
     rows = [{"kind": "exercise", "date": "2024-06-02", "name": "Early", "start": "2024-09-10", "end": "2025-03-20",
-             "source": "S"}, {**TROOPS, "date": "2025-03-11"}]
-    assert initialised_cli.json("import", _jsonl(tmp_path / "probe-2025.jsonl", THEATER, OUTCOME, *rows))["inserted"] == 4
+             "source": "S"}, {**TROOPS, "date": "2025-03-11"},
+            {"kind": "unit_move", "date": "2024-12-24", "reported": "2025-01-01", "unit": "U", "direction": "arrive",
+             "source": "S"}]
+    assert initialised_cli.json("import", _jsonl(tmp_path / "probe-2025.jsonl", THEATER, OUTCOME, *rows))["inserted"] == 5
 
 
 def test_window_rules_apply_to_theaters_already_stored(initialised_cli, tmp_path):
