@@ -7,6 +7,8 @@ refused next to the inputs, in the inputs' own units, and the last usable priors
 
 from __future__ import annotations
 
+import html
+
 import streamlit as st
 
 from dashboards.refit_panel import refit_controls
@@ -109,7 +111,7 @@ def priors_tab(state: view.TheaterState, rw: reweight.PriorReweighter, profile: 
     for name in INDICATORS:
         s = rw.profile.indicators[name]
         cols = st.columns([3, 1, 1, 1])
-        cols[0].markdown(f"{label(name)}  \n<small>{s.unit}</small>", unsafe_allow_html=True,
+        cols[0].markdown(f"{label(name)}  \n<small>{html.escape(s.unit)}</small>", unsafe_allow_html=True,
                          help=s.rationale)
         for col, part in zip(cols[1:], PARTS):
             prior_input(col, f"{name} {part}", _key(name, part), min_value=0.01, max_value=100.0, step=0.1,

@@ -1,26 +1,87 @@
 """The `forecast` command: the operator's and the tests' interface (DESIGN §6).
 
 Commands that report take --json and print one JSON document on stdout.
-Errors go to stderr; bad input exits 2.
+Errors go to stderr as one line: bad input exits 2, an unusable environment
+(store, settings, folders) exits 1.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import sqlalchemy as sa
 import typer
+from typer.core import TyperGroup
 
-from forecast import config, dataset, freshness, ingest, predict, priors, refit, report, runs, sampling, schedule, store
+from forecast import (
+    config,
+    dataset,
+    freshness,
+    ingest,
+    predict,
+    priors,
+    refit,
+    report,
+    runs,
+    safe_write,
+    sampling,
+    schedule,
+    store,
+)
 from forecast.features import label
 from forecast.schema import KINDS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _classify(err: Exception) -> tuple[int, str] | None:
+    """(exit code, one line) for an error the operator can act on; None: a bug, keep its traceback."""
+    if isinstance(err, (store.RetractError, priors.ProfileError, dataset.DatasetError, safe_write.UnsafeTarget)):
+        return 2, str(err)
+    if isinstance(err, UnicodeDecodeError):
+        return 2, f"input is not valid UTF-8 (byte {err.start}): save it as UTF-8"
+    if isinstance(err, (store.StoreError, config.SettingsError, schedule.SettingError, runs.RunError)):
+        return 1, str(err)
+    if isinstance(err, sa.exc.SQLAlchemyError):
+        busy = "; another command holds the store: try again" if "locked" in _first_line(err) else ""
+        return 1, (f"the evidence store {store.shown(config.db_url())} cannot be used "
+                   f"({type(getattr(err, 'orig', None) or err).__name__}): {_first_line(err)}{busy}")
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        return 1, f"{where}{err.strerror or _first_line(err)}"
+    return None
+
+
+class _Commands(TyperGroup):
+    """The top-level error handler: store, I/O and settings errors become one stderr line and an exit code."""
+
+    def invoke(self, ctx):
+        config.reset_warnings()  # each command reports what it meets (tests run many in one process)
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as err:  # noqa: BLE001 - classified below; anything else keeps its traceback
+            verdict = _classify(err)
+            if verdict is None:
+                raise
+            code, message = verdict
+            typer.echo(f"error: {message}".encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
+            raise typer.Exit(code) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -44,9 +105,15 @@ def _engine():
     return eng
 
 
-def _import(eng, paths: list[Path], origin: str) -> store.ImportResult:
+def _warn(problem) -> None:
+    typer.echo(f"warning: {problem}", err=True)
+
+
+def _import(eng, paths: list[Path], origin: str, case_files: bool = False) -> store.ImportResult:
     try:
-        return ingest.import_files(eng, paths, origin)
+        return ingest.import_files(eng, paths, origin, case_files=case_files, warn=_warn)
+    except store.StoreError:
+        raise
     except sa.exc.SQLAlchemyError as err:
         fail(f"the evidence store refused the import ({type(err).__name__}): {str(err).splitlines()[0]}", 1)
     except ingest.InvalidInput as err:
@@ -59,10 +126,13 @@ def _import(eng, paths: list[Path], origin: str) -> store.ImportResult:
 @app.command()
 def init(as_json: bool = typer.Option(False, "--json")):
     """Create or upgrade the evidence store and load every case file under data/ (idempotent)."""
+    store.require_persistent()
+    files = ingest.case_files(config.data_dir())
+    if not (config.data_dir() / "cases").is_dir():
+        fail(f"{config.data_dir() / 'cases'}: no such folder (FORECAST_DATA_DIR names the data folder)", 1)
     eng = store.engine()
     before, after = store.upgrade(eng)
-    files = ingest.case_files(config.data_dir())
-    result = _import(eng, files, origin="init")
+    result = _import(eng, files, origin="init", case_files=True)
     doc = {"store": config.db_url().split("@")[-1], "schema_from": before, "schema_to": after,
            "files": len(files), **result.as_dict()}
     emit(doc, as_json, f"store schema v{before} -> v{after}; {len(files)} case files: "
@@ -75,11 +145,53 @@ def import_(path: Path = typer.Argument(..., help="a .jsonl case file, a .csv fi
     """Import evidence: every row is validated; any bad row rejects the whole file."""
     if not path.exists():
         fail(f"{path}: no such file or folder")
-    paths = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".csv")) if path.is_dir() else [path]
+    store.require_persistent()
+    paths = _folder_files(path) if path.is_dir() else [path]
     eng = _engine()
     result = _import(eng, paths, origin=str(path))
     emit(result.as_dict(), as_json, f"{path}: {result.inserted} inserted, {result.updated} updated, "
          f"{result.unchanged} unchanged")
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The .jsonl and .csv files of a folder; everything else is named in a warning, never silently skipped."""
+    paths = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            _warn(f"{entry}: skipped: a sub-folder (folders are not imported recursively)")
+        elif entry.suffix not in (".jsonl", ".csv"):
+            _warn(f"{entry}: skipped: not a .jsonl or .csv file")
+        elif not entry.is_file():
+            _warn(f"{entry}: skipped: not a regular file")
+        else:
+            paths.append(entry)
+    if not paths:
+        fail(f"{folder}: no .jsonl or .csv file to import")
+    return paths
+
+
+@app.command()
+def retract(theater: str = typer.Argument(..., help="theater id"),
+            row_id: str = typer.Argument(..., help="the row's id, as `forecast evidence THEATER` shows it"),
+            reason: str = typer.Option(..., "--reason", help="why the row is withdrawn (kept in the change log)"),
+            by: Optional[str] = typer.Option(None, "--by", help="who withdraws it (default: this user)"),
+            as_json: bool = typer.Option(False, "--json")):
+    """Withdraw a wrong evidence row: it stays in the store and the change log, but no fit or listing uses it."""
+    store.require_persistent()
+    eng = _engine()
+    doc = store.retract(eng, theater, row_id, reason, by or _user())
+    emit(doc, as_json, f"retracted {doc['kind']} row {doc['row_id']} of {theater} (dated {doc['date']}) by "
+         f"{doc['retracted']['by']}: {doc['retracted']['reason']}. The change log keeps it; fits leave it out "
+         f"from now on (`forecast refit {theater}` or `refit --all` to update a forecast).")
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in this environment
+        return None
 
 
 @app.command("theaters")
@@ -96,16 +208,27 @@ def theaters_(as_json: bool = typer.Option(False, "--json")):
 
 @app.command()
 def evidence(theater: str, kind: Optional[str] = typer.Option(None, "--kind", help="one of " + ", ".join(KINDS)),
+             ids: bool = typer.Option(False, "--ids", help="start each line with the row's id (for `forecast retract`)"),
+             retracted: bool = typer.Option(False, "--retracted", help="list retracted rows too (marked)"),
              as_json: bool = typer.Option(False, "--json")):
-    """The evidence rows of a theater, with their sources."""
+    """The evidence rows of a theater, with their sources (--json and --ids: with row ids, for `forecast retract`)."""
     if kind is not None and kind not in KINDS:
         fail(f"--kind: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     eng = _engine()
     if theater not in store.theater_ids(eng):
         fail(f"unknown theater {theater!r}; see `forecast theaters`")
-    rows = store.load_evidence(eng, theater, kind)
-    text = "\n".join(f"{r.date}  {r.kind:9}  {r.describe()}  [{r.source}]" for r in rows)
-    emit([r.model_dump(mode="json") for r in rows], as_json, text or "no evidence")
+    rows = store.evidence_listing(eng, theater, kind, include_retracted=retracted)
+    text = "\n".join((f"{r['row_id']}  " if ids else "") + f"{r['date']}  {r['kind']:9}  {_describe(r)}  [{r['source']}]"
+                     + (f"  RETRACTED {r['retracted']['at']}: {r['retracted']['reason']}" if "retracted" in r else "")
+                     for r in rows)
+    emit(rows, as_json, text or "no evidence")
+
+
+def _describe(row: dict) -> str:
+    """The schema's one-line description of a listed row (its row id and retraction set aside)."""
+    from forecast.schema import EVIDENCE_ADAPTER
+
+    return EVIDENCE_ADAPTER.validate_python({k: v for k, v in row.items() if k not in ("row_id", "retracted")}).describe()
 
 
 def _as_of(value: Optional[str]) -> Optional[dt.date]:
@@ -163,11 +286,16 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
         fail("give a THEATER (or --all)")
     if sampler not in ("nutpie", "pymc"):
         fail(f"--sampler: {sampler!r} is not one of nutpie, pymc")
+    _check_sampling(draws, tune, chains)
     if all_:
+        runs.check_writable("")  # a read-only runs folder is found now, not after the fits
         _refit_all(_profile(prior_profile), sampling.SamplerSettings(draws=draws, tune=tune, chains=chains,
-                                                                  sampler=sampler, progressbar=False), as_json)
+                                                                     sampler=sampler, progressbar=False), as_json)
         return
     eng = _engine()
+    if theater not in store.theater_ids(eng):
+        fail(f"unknown theater {theater!r}; see `forecast theaters`")
+    runs.check_writable(theater)  # a read-only runs folder is found now, not after the fit
     settings = sampling.SamplerSettings(draws=draws, tune=tune, chains=chains, sampler=sampler)
     try:
         run = refit.refit(eng, theater, _as_of(as_of), _profile(prior_profile), settings)
@@ -179,6 +307,17 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
         typer.echo(f"warning: run {run.id} failed the convergence gate ({run.manifest['reason']}); "
                    f"the last published forecast stays current", err=True)
         raise typer.Exit(3)
+
+
+SAMPLING_LIMITS = {"--draws": (1, 100_000), "--tune": (1, 100_000), "--chains": (1, 64)}
+
+
+def _check_sampling(draws: int, tune: int, chains: int) -> None:
+    """Refuse sampler settings no fit can use before any work starts (--draws 0 used to fail after 15 s)."""
+    for name, value in (("--draws", draws), ("--tune", tune), ("--chains", chains)):
+        low, high = SAMPLING_LIMITS[name]
+        if not low <= value <= high:
+            fail(f"{name}: {value} is not a whole number from {low} to {high:,}")
 
 
 @app.command()
@@ -248,11 +387,17 @@ def report_(theater: str,
         fail(f"-o {path}: is a folder; give a file name")
     if not path.parent.is_dir():
         fail(f"-o {path}: folder {path.parent} does not exist")
+    try:
+        safe_write.check_target(path)  # before rendering: a device, FIFO or link is never replaced
+    except safe_write.UnsafeTarget as err:
+        fail(f"-o {err}")
     names = {t.id: t.name for t in store.load_theaters(eng)}
     data = report.render(run, store.load_evidence(eng, theater), fmt, theater_name=names.get(theater),
                          freshness=freshness.check(eng, run))
     try:
         report.write(data, path)
+    except safe_write.UnsafeTarget as err:
+        fail(f"-o {err}")
     except OSError as err:
         fail(f"-o {path}: cannot write: {err.strerror or err}", 1)
     emit({"path": str(path), "format": fmt, "bytes": len(data), "theater": theater, "run_id": run.id,

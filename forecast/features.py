@@ -230,7 +230,8 @@ def data_hash(panels: list[TheaterPanel]) -> str:
     digest = hashlib.sha256()
     for p in sorted(panels, key=lambda p: p.id):
         digest.update(p.theater.model_dump_json().encode())
-        digest.update(str(p.days[-1]).encode() + p.event.tobytes())
+        # An empty window (an outcome before the start, stored before import refused that) hashes as such.
+        digest.update(str(p.days[-1] if len(p.days) else "no-days").encode() + p.event.tobytes())
         for r in sorted(p.rows, key=lambda r: json.dumps(r.key(), default=str)):
             digest.update(r.model_dump_json().encode())
     return digest.hexdigest()[:16]

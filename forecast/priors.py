@@ -161,10 +161,17 @@ def load(name_or_path: str | Path = "default") -> Profile:
         if not NAME_PATTERN.match(str(name_or_path)):
             raise ProfileError(f"{name_or_path!r}: not a profile name (lower-case letters, digits, - and _)")
         path = path_of(str(name_or_path))
-    if not path.exists():
+    if not path.is_file():
         known = ", ".join(sorted(p.stem for p in config.priors_dir().glob("*.toml")))
-        raise ProfileError(f"{path}: no such prior profile (known: {known})")
-    return parse(path.read_text(encoding="utf-8"), str(path))
+        what = "is not a file" if path.exists() else "no such prior profile"
+        raise ProfileError(f"{path}: {what} (known: {known})")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ProfileError(f"{path}: not valid UTF-8 (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ProfileError(f"{path}: cannot be read ({err.strerror or err})") from None
+    return parse(text, str(path))
 
 
 def parse(text: str, where: str = "<profile>") -> Profile:
@@ -180,7 +187,7 @@ def parse(text: str, where: str = "<profile>") -> Profile:
     spread_doc = doc["theater_spread"]
     _no_unknown(spread_doc, {"value", "rationale"}, f"{where}: theater_spread")
     spread_value = spread_doc.get("value")
-    if not isinstance(spread_value, (int, float)) or spread_value <= 1:
+    if not _finite(spread_value) or spread_value <= 1:
         raise ProfileError(f"{where}: theater_spread.value must be an odds ratio above 1")
     spread = Stated(float(spread_value), 1.0, float(spread_value), str(spread_doc.get("rationale", "")))
     _no_unknown(doc["indicators"], set(INDICATORS), f"{where}: indicators")
@@ -188,7 +195,15 @@ def parse(text: str, where: str = "<profile>") -> Profile:
     if missing:
         raise ProfileError(f"{where}: indicators missing: {', '.join(missing)}")
     indicators = {name: _stated(doc["indicators"][name], f"{where}: indicators.{name}") for name in INDICATORS}
-    return Profile(str(doc["name"]), str(doc.get("description", "")), base, spread, indicators, text)
+    name = doc["name"]
+    if not isinstance(name, str) or not 0 < len(name) <= 64 or "`" in name or not name.isprintable():
+        raise ProfileError(f"{where}: name must be 1 to 64 printable characters without a backtick")
+    return Profile(name, str(doc.get("description", "")), base, spread, indicators, text)
+
+
+def _finite(x) -> bool:
+    """A real number: not a bool (TOML true), not inf or nan."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _no_unknown(doc, allowed: set[str], where: str) -> None:
@@ -202,9 +217,8 @@ def _no_unknown(doc, allowed: set[str], where: str) -> None:
 def _stated(doc, where: str, probability: bool = False) -> Stated:
     _no_unknown(doc, _STATED_KEYS, where)
     value, rng = doc.get("value"), doc.get("range")
-    if not isinstance(value, (int, float)) or not (isinstance(rng, list) and len(rng) == 2
-                                                   and all(isinstance(x, (int, float)) for x in rng)):
-        raise ProfileError(f"{where}: needs value = number and range = [low, high]")
+    if not _finite(value) or not (isinstance(rng, list) and len(rng) == 2 and all(_finite(x) for x in rng)):
+        raise ProfileError(f"{where}: needs value = number and range = [low, high] (finite numbers)")
     low, high = float(rng[0]), float(rng[1])
     if low > high:
         raise ProfileError(f"{where}: range is inverted ({low} > {high})")
@@ -251,7 +265,6 @@ def save(profile: Profile, overwrite: bool = False) -> Path:
         raise ProfileError(f"{path} exists; choose another name or confirm overwrite")
     text = render(profile)
     parse(text, str(path))  # never write a profile that would not load
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from forecast import safe_write
+
+    return safe_write.write_text(path, text)  # atomic; refuses to replace a folder, link or device

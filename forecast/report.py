@@ -350,12 +350,7 @@ def render(run: runs.Run, evidence_rows, fmt: str, forecast_override: dict | Non
 
 
 def write(data: bytes, path: Path) -> None:
-    """Write a report atomically (temporary file beside it, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a report atomically; only a regular file is replaced (forecast.safe_write)."""
+    from forecast import safe_write
+
+    safe_write.write_bytes(Path(path), data)

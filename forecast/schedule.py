@@ -99,6 +99,14 @@ class Result:
         return f"{_now()} {self.theater}: {self.action}: {self.message} [{self.seconds:.1f} s]"
 
 
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An error as one log line: its first non-empty line (a Rust panic brings a 17-line backtrace)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = lines[0] if lines else "(no message)"
+    first = first if len(first) <= limit else first[:limit] + "…"
+    return first + (f" (+{len(lines) - 1} more lines: see the summary's traceback)" if len(lines) > 1 else "")
+
+
 def _same_fit(manifest: dict, data: str, prior: str, settings: sampling.SamplerSettings) -> bool:
     return (manifest["data_hash"] == data and manifest["prior_hash"] == prior
             and manifest.get("sampler") == settings.recorded() and manifest.get("code_version") == runs.code_version())
@@ -159,7 +167,7 @@ def refit_all(eng, profile: priors.Profile | None = None,
                 result = refit_theater(eng, theater, profile, settings)
             except Exception as err:  # one theater's crash must not stop the others
                 published = runs.latest(theater)
-                result = Result(theater, "failed", f"{type(err).__name__}: {err}; "
+                result = Result(theater, "failed", f"{type(err).__name__}: {_one_line(err)}; "
                                 + (f"published run {published.id} stays current" if published
                                    else "no published forecast"),
                                 current_run_id=published.id if published else None,

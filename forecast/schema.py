@@ -8,9 +8,11 @@ the same fact again updates it instead of duplicating it.
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
 SOURCE_TYPES = ("official", "government", "osint", "media")
 SIGN_CATEGORIES = (
@@ -25,8 +27,84 @@ SIGN_CATEGORIES = (
 CLAIM_TYPES = ("withdrawal", "de_escalation", "exercise_ending")
 KINDS = ("troops", "unit_move", "exercise", "sign", "claim", "outcome")
 
-Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=80)]
-Text = Annotated[str, Field(min_length=1, max_length=2000)]
+# Every date a row can hold lies in these bounds (issue 21: 0001-01-01 and 9999-12-31 were accepted);
+# the window rules of forecast.ingest then check each date against its theater.
+FIRST_DAY = dt.date(1900, 1, 1)
+LAST_DAY = dt.date(2100, 12, 31)
+MAX_PERSONNEL = 50_000_000  # more than any army has ever fielded: a larger figure is a typo or an attack
+MAX_DISTANCE_KM = 50_000  # more than once round the Earth
+_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+# Strict types (issue 21 item 3): a number is a JSON number, never a string ("1000"), a bool (true)
+# or a non-finite value (Infinity, 1e309, NaN); a bool is true/false, never "yes" or 1; a date is
+# the text YYYY-MM-DD, never a number (1738540800). CSV cells are converted before validation
+# (forecast.ingest), by the same rules, so a spreadsheet's "5000" and "false" still import.
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number, not {_what(value)}")
+    if isinstance(value, int) and abs(value) > 1e300:
+        raise ValueError("is not a finite number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {_what(value)}")
+    return value
+
+
+def _day(value):
+    if isinstance(value, dt.datetime) or not isinstance(value, (str, dt.date)):
+        raise ValueError(f"must be a date as text YYYY-MM-DD, not {_what(value)}")
+    if isinstance(value, str) and not _ISO_DAY.match(value.strip()):
+        raise ValueError(f"must be a date YYYY-MM-DD, not {value.strip()[:40]!r}")
+    return value
+
+
+def _day_in_bounds(value: dt.date) -> dt.date:
+    if not FIRST_DAY <= value <= LAST_DAY:
+        raise ValueError(f"{value} is outside {FIRST_DAY}..{LAST_DAY}")
+    return value
+
+
+def _text(value):
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, not {_what(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (a lone surrogate)") from None
+    if _CONTROL.search(value):
+        raise ValueError("contains a control character")
+    return value
+
+
+def _what(value) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if value is None:
+        return "null"
+    return {"list": "a list", "dict": "an object"}.get(type(value).__name__, type(value).__name__)
+
+
+Bool = Annotated[bool, BeforeValidator(_bool)]
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+Personnel = Annotated[Number, Field(gt=0, le=MAX_PERSONNEL)]
+Day = Annotated[dt.date, BeforeValidator(_day), AfterValidator(_day_in_bounds)]
+Str = Annotated[str, BeforeValidator(_text)]
+Slug = Annotated[Str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=80)]
+Text = Annotated[Str, Field(min_length=1, max_length=2000)]
+Note = Annotated[Str, Field(max_length=20000)]
 
 
 class _Row(BaseModel):
@@ -39,12 +117,12 @@ class Theater(_Row):
     name: Text
     actor: Text
     target: Text
-    start: dt.date
-    garrison: float | None = Field(default=None, gt=0)
-    garrison_source: str | None = None
+    start: Day
+    garrison: Personnel | None = None
+    garrison_source: Note | None = None
     source: Text
-    url: str | None = None
-    notes: str | None = None
+    url: Note | None = None
+    notes: Note | None = None
 
     @model_validator(mode="after")
     def _garrison_sourced(self):
@@ -58,12 +136,12 @@ class Evidence(_Row):
     what the row records, which the page, the reports and the CLI all print."""
 
     theater: Slug
-    date: dt.date
+    date: Day
     source: Text
-    url: str | None = None
-    reported: dt.date | None = None
+    url: Note | None = None
+    reported: Day | None = None
     date_precision: Literal["day", "week", "month"] = "day"
-    notes: str | None = None
+    notes: Note | None = None
 
     @model_validator(mode="after")
     def _reported_not_before_date(self):
@@ -88,9 +166,9 @@ def _count(x: float | None) -> str:
 
 class Troops(Evidence):
     kind: Literal["troops"]
-    estimate: float = Field(gt=0)
-    low: float | None = Field(default=None, gt=0)
-    high: float | None = Field(default=None, gt=0)
+    estimate: Personnel
+    low: Personnel | None = None
+    high: Personnel | None = None
     source_type: Literal[SOURCE_TYPES]
     key_fields: ClassVar[tuple[str, ...]] = ("date", "source")
 
@@ -112,8 +190,8 @@ class UnitMove(Evidence):
     kind: Literal["unit_move"]
     unit: Text
     direction: Literal["arrive", "depart"]
-    home_district: str | None = None
-    distance_km: float | None = Field(default=None, ge=0)
+    home_district: Note | None = None
+    distance_km: Annotated[Number, Field(ge=0, le=MAX_DISTANCE_KM)] | None = None
     key_fields: ClassVar[tuple[str, ...]] = ("date", "unit", "direction")
 
     def describe(self) -> str:
@@ -126,9 +204,9 @@ class UnitMove(Evidence):
 class Exercise(Evidence):
     kind: Literal["exercise"]
     name: Text
-    start: dt.date
-    end: dt.date
-    announced_by: str | None = None
+    start: Day
+    end: Day
+    announced_by: Note | None = None
     key_fields: ClassVar[tuple[str, ...]] = ("name",)
 
     def describe(self) -> str:
@@ -155,8 +233,8 @@ class Sign(Evidence):
 class Claim(Evidence):
     kind: Literal["claim"]
     claim_type: Literal[CLAIM_TYPES]
-    verified: bool
-    verified_by: str | None = None
+    verified: Bool
+    verified_by: Note | None = None
     key_fields: ClassVar[tuple[str, ...]] = ("date", "claim_type", "source")
 
     def describe(self) -> str:
@@ -167,7 +245,7 @@ class Claim(Evidence):
 
 class Outcome(Evidence):
     kind: Literal["outcome"]
-    escalated: bool
+    escalated: Bool
     key_fields: ClassVar[tuple[str, ...]] = ()
 
     def describe(self) -> str:

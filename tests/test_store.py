@@ -250,13 +250,13 @@ def _make_v1_store(url: str) -> list:
 
 
 def test_v1_lacks_what_upgrades_add():
-    """Guard for the hand-made v1 schema: it must be exactly v2 minus what UPGRADES[1] adds."""
+    """Guard for the hand-made v1 schema: exactly the current schema minus what UPGRADES add (v2, v4)."""
     assert store.SCHEMA_VERSION >= 2 and 1 in store.UPGRADES
     v1 = _v1_metadata()
     assert set(store.metadata.tables) - set(v1.tables) == {"evidence_changes"}
     for kind, table in store.EVIDENCE_TABLES.items():
         assert {c.name for c in table.columns} - {c.name for c in v1.tables[table.name].columns} \
-            == {"date_precision"}, kind
+            == {"date_precision", *store.RETRACTION_COLUMNS}, kind
 
 
 def test_upgrade_v1_store_keeps_rows(db_url):
