@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboards import charts, priors_panel, tabs
 from dashboards.refit_panel import refit_controls, refit_jobs, refit_progress
-from forecast import config, dataset, freshness, predict, priors, reweight, runs, store
+from forecast import config, dataset, freshness, predict, priors, reweight, runs, store, store_schema
 from forecast import dashboard_view as view
 
 st.set_page_config(page_title="Escalation forecast", page_icon="📈", layout="wide")
@@ -174,7 +174,7 @@ def main() -> None:
     started = time.perf_counter()
     eng = store.engine()
     try:
-        store.require_current(eng)
+        store_schema.require_current(eng)
     except RuntimeError as err:
         st.title("Escalation forecast")
         st.error(str(err))

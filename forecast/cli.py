@@ -15,10 +15,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import sqlalchemy as sa
 import typer
-from typer.core import TyperGroup
 
 from forecast import (
     config,
@@ -34,54 +32,13 @@ from forecast import (
     sampling,
     schedule,
     store,
+    store_schema,
 )
+from forecast.cli_errors import ErrorHandlingGroup
 from forecast.features import label
 from forecast.schema import KINDS
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "orig", None) or err)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-def _classify(err: Exception) -> tuple[int, str] | None:
-    """(exit code, one line) for an error the operator can act on; None: a bug, keep its traceback."""
-    if isinstance(err, (store.RetractError, priors.ProfileError, dataset.DatasetError, safe_write.UnsafeTarget)):
-        return 2, str(err)
-    if isinstance(err, UnicodeDecodeError):
-        return 2, f"input is not valid UTF-8 (byte {err.start}): save it as UTF-8"
-    if isinstance(err, (store.StoreError, config.SettingsError, schedule.SettingError, runs.RunError)):
-        return 1, str(err)
-    if isinstance(err, sa.exc.SQLAlchemyError):
-        busy = "; another command holds the store: try again" if "locked" in _first_line(err) else ""
-        return 1, (f"the evidence store {store.shown(config.db_url())} cannot be used "
-                   f"({type(getattr(err, 'orig', None) or err).__name__}): {_first_line(err)}{busy}")
-    if isinstance(err, OSError):
-        where = f"{err.filename}: " if err.filename else ""
-        return 1, f"{where}{err.strerror or _first_line(err)}"
-    return None
-
-
-class _Commands(TyperGroup):
-    """The top-level error handler: store, I/O and settings errors become one stderr line and an exit code."""
-
-    def invoke(self, ctx):
-        config.reset_warnings()  # each command reports what it meets (tests run many in one process)
-        try:
-            return super().invoke(ctx)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except Exception as err:  # noqa: BLE001 - classified below; anything else keeps its traceback
-            verdict = _classify(err)
-            if verdict is None:
-                raise
-            code, message = verdict
-            typer.echo(f"error: {message}".encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
-            raise typer.Exit(code) from None
-
-
-app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(cls=ErrorHandlingGroup, add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -99,7 +56,7 @@ def emit(document, as_json: bool, text: str) -> None:
 def _engine():
     eng = store.engine()
     try:
-        store.require_current(eng)
+        store_schema.require_current(eng)
     except RuntimeError as err:
         fail(str(err), 1)
     return eng
@@ -131,7 +88,7 @@ def init(as_json: bool = typer.Option(False, "--json")):
     if not (config.data_dir() / "cases").is_dir():
         fail(f"{config.data_dir() / 'cases'}: no such folder (FORECAST_DATA_DIR names the data folder)", 1)
     eng = store.engine()
-    before, after = store.upgrade(eng)
+    before, after = store_schema.upgrade(eng)
     result = _import(eng, files, origin="init", case_files=True)
     doc = {"store": config.db_url().split("@")[-1], "schema_from": before, "schema_to": after,
            "files": len(files), **result.as_dict()}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from forecast import ingest, store
+from forecast import ingest, store, store_schema
 from forecast.schema import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +273,7 @@ def test_flagship_has_many_troop_estimates_from_several_sources(parsed):
 
 def _sqlite(tmp_path):
     eng = store.engine(f"sqlite:///{tmp_path / 'cards.db'}")
-    store.upgrade(eng)
+    store_schema.upgrade(eng)
     return eng
 
 

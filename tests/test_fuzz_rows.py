@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from forecast import ingest, store
+from forecast import ingest, store, store_schema
 from forecast.schema import FIRST_DAY, KINDS, LAST_DAY
 
 THEATER = {"kind": "theater", "id": "fuzz-2025", "name": "Fuzz", "actor": "A", "target": "B",
@@ -152,7 +152,7 @@ def test_hostile_files_never_raise(folder, file):
 def fuzz_store(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('fuzz-store') / 'forecast.db'}"
     eng = store.engine(url)
-    store.upgrade(eng)
+    store_schema.upgrade(eng)
     yield eng
     eng.dispose()
 

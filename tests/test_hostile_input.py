@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from forecast import ingest, priors, runs, safe_write, schedule, store
+from forecast import ingest, priors, runs, safe_write, schedule, store, store_schema
 from forecast.schema import MODEL_BY_KIND, Theater
 
 from conftest import CASES_DIR, FLAGSHIP, all_counts, case_file
@@ -484,7 +484,7 @@ def test_retract_keeps_history_and_leaves_the_row_out_of_fits(initialised_cli, t
     listed = {r["row_id"]: r for r in initialised_cli.json("evidence", FLAGSHIP, "--retracted")}
     assert listed[row["row_id"]]["retracted"]["reason"] == "typo: 99,999"
     with eng.connect() as conn:
-        change = conn.execute(sa.select(store.evidence_changes).order_by(store.evidence_changes.c.id.desc())).first()
+        change = conn.execute(sa.select(store_schema.evidence_changes).order_by(store_schema.evidence_changes.c.id.desc())).first()
     assert json.loads(change.old)["estimate"] == 9_999_999
     assert json.loads(change.new)["retracted"]["reason"] == "typo: 99,999"
 
@@ -502,7 +502,7 @@ def test_retraction_upgrades_an_old_store(db_url, cli_any):
     from test_store import _make_v1_store
 
     _make_v1_store(db_url)
-    assert cli_any.json("init")["schema_to"] == store.SCHEMA_VERSION == 4
+    assert cli_any.json("init")["schema_to"] == store_schema.SCHEMA_VERSION == 4
     (sign, *_) = [r for r in cli_any.json("evidence", "testland-2024", "--kind", "sign")]
     cli_any.ok("retract", "testland-2024", sign["row_id"], "--reason", "test")
     assert len(cli_any.json("evidence", "testland-2024", "--kind", "sign")) == 1
@@ -743,16 +743,16 @@ def test_a_v3_store_upgrades_to_v4_in_place(db_url, cli_any):
     rows = _make_v1_store(db_url)
     eng = store.engine(db_url)
     with eng.begin() as conn:  # bring it to v3 exactly as a v3 build would have
-        store.UPGRADES[1](conn)
-        store.UPGRADES[2](conn)
-        conn.execute(store.schema_version.update().values(version=3))
+        store_schema.UPGRADES[1](conn)
+        store_schema.UPGRADES[2](conn)
+        conn.execute(store_schema.schema_version.update().values(version=3))
     with eng.connect() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("ev_troops")}
-    assert not set(store.RETRACTION_COLUMNS) & columns
-    assert store.upgrade(eng) == (3, 4)
+    assert not set(store_schema.RETRACTION_COLUMNS) & columns
+    assert store_schema.upgrade(eng) == (3, 4)
     with eng.connect() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("ev_troops")}
-    assert set(store.RETRACTION_COLUMNS) <= columns
+    assert set(store_schema.RETRACTION_COLUMNS) <= columns
     assert len(store.load_evidence(eng, "testland-2024")) == len(rows)
     troops = cli_any.json("evidence", "testland-2024", "--kind", "troops")
     cli_any.ok("retract", "testland-2024", troops[0]["row_id"], "--reason", "after the upgrade")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from forecast import ingest, store
+from forecast import ingest, store, store_schema
 
 from conftest import all_counts, case_file
 
@@ -64,7 +64,7 @@ def test_good_file_imports(cli_any):
 
 def test_good_file_into_empty_store(cli_any):
     eng = cli_any.engine()
-    store.upgrade(eng)
+    store_schema.upgrade(eng)
     eng.dispose()
     path = case_file(FLAGSHIP)
     result = cli_any.json("import", path)
@@ -108,7 +108,7 @@ def test_changed_row_is_updated_and_recorded(initialised_cli, tmp_path):
 
     eng = initialised_cli.engine()
     with eng.connect() as conn:
-        change = conn.execute(sa.select(store.evidence_changes).order_by(store.evidence_changes.c.id.desc())
+        change = conn.execute(sa.select(store_schema.evidence_changes).order_by(store_schema.evidence_changes.c.id.desc())
                               ).mappings().first()
     eng.dispose()
     assert change["table_name"] == "ev_troops"
@@ -316,7 +316,7 @@ def test_read_file_collects_problems_without_raising(tmp_path):
     assert [(p.line, p.field) for p in parsed.problems] == [(2, "date"), (3, "end")]
     assert all(p.file == str(tmp_path / "x.jsonl") for p in parsed.problems)
     eng = store.engine()
-    store.upgrade(eng)
+    store_schema.upgrade(eng)
     with pytest.raises(ingest.InvalidInput) as err:
         ingest.import_files(eng, [tmp_path / "x.jsonl"], "test")
     assert len(err.value.problems) == 2

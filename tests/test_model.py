@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
-from forecast import model, predict, priors, refit, runs, sampling, simulate, store
+from forecast import model, predict, priors, refit, runs, sampling, simulate, store, store_schema
 from forecast.features import INDICATORS, build_panel
 
 FLAGSHIP = "russia-ukraine-2022"
@@ -212,7 +212,7 @@ def test_fit_as_of_a_date_gives_the_same_forecast_without_later_evidence_and_out
     assert any(r.kind == "outcome" for r in later) and any(r.kind != "outcome" for r in later)
 
     then = store.engine(f"sqlite:///{tmp_path / 'as-known-then.db'}")
-    store.upgrade(then)
+    store_schema.upgrade(then)
     store.write(then, theaters, [r for r in evidence if r.theater != FLAGSHIP or r not in later], origin="test")
     run = refit.refit(then, FLAGSHIP, as_of)
 

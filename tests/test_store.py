@@ -8,7 +8,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from forecast import store
+from forecast import store, store_schema
 from forecast.schema import KINDS, MODEL_BY_KIND, Theater
 
 D = dt.date
@@ -43,8 +43,8 @@ def _one_of_each(theater: str = "testland-2024") -> list:
 def _counts(eng) -> dict:
     with eng.connect() as conn:
         out = {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar()
-               for t in store.EVIDENCE_TABLES.values()}
-        out["theaters"] = conn.execute(sa.select(sa.func.count()).select_from(store.theaters)).scalar()
+               for t in store_schema.EVIDENCE_TABLES.values()}
+        out["theaters"] = conn.execute(sa.select(sa.func.count()).select_from(store_schema.theaters)).scalar()
     out["changes"] = store.change_count(eng)
     return out
 
@@ -52,7 +52,7 @@ def _counts(eng) -> dict:
 @pytest.fixture
 def eng(db_url):
     engine = store.engine(db_url)
-    store.upgrade(engine)
+    store_schema.upgrade(engine)
     yield engine
     engine.dispose()
 
@@ -62,9 +62,9 @@ def eng(db_url):
 
 def test_new_store_is_current(eng):
     with eng.connect() as conn:
-        assert store.current_version(conn) == store.SCHEMA_VERSION
-    store.require_current(eng)  # does not raise
-    assert store.upgrade(eng) == (store.SCHEMA_VERSION, store.SCHEMA_VERSION)  # idempotent
+        assert store_schema.current_version(conn) == store_schema.SCHEMA_VERSION
+    store_schema.require_current(eng)  # does not raise
+    assert store_schema.upgrade(eng) == (store_schema.SCHEMA_VERSION, store_schema.SCHEMA_VERSION)  # idempotent
 
 
 def test_round_trip_every_kind(eng):
@@ -137,7 +137,7 @@ def test_changed_row_is_updated_and_logged(eng):
     (got,) = store.load_evidence(eng, "testland-2024", "troops")
     assert got.estimate == 55000 and got.notes == "revised"
     with eng.connect() as conn:
-        change = conn.execute(sa.select(store.evidence_changes)).mappings().one()
+        change = conn.execute(sa.select(store_schema.evidence_changes)).mappings().one()
     assert change["table_name"] == "ev_troops" and change["origin"] == "revision"
     assert json.loads(change["old"])["estimate"] == 50000 and json.loads(change["new"])["estimate"] == 55000
 
@@ -251,12 +251,12 @@ def _make_v1_store(url: str) -> list:
 
 def test_v1_lacks_what_upgrades_add():
     """Guard for the hand-made v1 schema: exactly the current schema minus what UPGRADES add (v2, v4)."""
-    assert store.SCHEMA_VERSION >= 2 and 1 in store.UPGRADES
+    assert store_schema.SCHEMA_VERSION >= 2 and 1 in store_schema.UPGRADES
     v1 = _v1_metadata()
-    assert set(store.metadata.tables) - set(v1.tables) == {"evidence_changes"}
-    for kind, table in store.EVIDENCE_TABLES.items():
+    assert set(store_schema.metadata.tables) - set(v1.tables) == {"evidence_changes"}
+    for kind, table in store_schema.EVIDENCE_TABLES.items():
         assert {c.name for c in table.columns} - {c.name for c in v1.tables[table.name].columns} \
-            == {"date_precision", *store.RETRACTION_COLUMNS}, kind
+            == {"date_precision", *store_schema.RETRACTION_COLUMNS}, kind
 
 
 def test_upgrade_v1_store_keeps_rows(db_url):
@@ -264,16 +264,16 @@ def test_upgrade_v1_store_keeps_rows(db_url):
     eng = store.engine(db_url)
     try:
         with eng.connect() as conn:
-            assert store.current_version(conn) == 1
+            assert store_schema.current_version(conn) == 1
         with pytest.raises(RuntimeError):
-            store.require_current(eng)
+            store_schema.require_current(eng)
 
-        assert store.upgrade(eng) == (1, store.SCHEMA_VERSION)
+        assert store_schema.upgrade(eng) == (1, store_schema.SCHEMA_VERSION)
 
         with eng.connect() as conn:
-            assert store.current_version(conn) == store.SCHEMA_VERSION
-            assert conn.execute(sa.select(sa.func.count()).select_from(store.schema_version)).scalar() == 1
-        store.require_current(eng)
+            assert store_schema.current_version(conn) == store_schema.SCHEMA_VERSION
+            assert conn.execute(sa.select(sa.func.count()).select_from(store_schema.schema_version)).scalar() == 1
+        store_schema.require_current(eng)
         assert store.load_theaters(eng) == [_theater()]
         loaded = store.load_evidence(eng, "testland-2024")
         assert sorted(r.model_dump_json() for r in loaded) == sorted(r.model_dump_json() for r in rows)
@@ -287,7 +287,7 @@ def test_upgrade_v1_store_keeps_rows(db_url):
         revised = rows[0].model_copy(update={"date_precision": "month"})
         assert store.write(eng, [], [revised], "after-upgrade").updated == 1
         assert store.change_count(eng) == 1
-        assert store.upgrade(eng) == (store.SCHEMA_VERSION, store.SCHEMA_VERSION)
+        assert store_schema.upgrade(eng) == (store_schema.SCHEMA_VERSION, store_schema.SCHEMA_VERSION)
     finally:
         eng.dispose()
 
@@ -299,7 +299,7 @@ def test_upgrade_v1_store_through_cli(db_url, cli_any):
     assert "forecast init" in refused.stderr and refused.stdout == ""
 
     summary = cli_any.json("init")
-    assert (summary["schema_from"], summary["schema_to"]) == (1, store.SCHEMA_VERSION)
+    assert (summary["schema_from"], summary["schema_to"]) == (1, store_schema.SCHEMA_VERSION)
     theaters = {t["id"]: t for t in cli_any.json("theaters")}
     assert theaters["testland-2024"]["evidence"]["sign"] == 2  # the v1 rows are still there
     assert len(theaters) > 20  # and init loaded the bundled cases on top
@@ -309,7 +309,7 @@ def test_require_current_refuses_missing_store(db_url):
     eng = store.engine(db_url)
     try:
         with pytest.raises(RuntimeError, match="forecast init"):
-            store.require_current(eng)
+            store_schema.require_current(eng)
     finally:
         eng.dispose()
 
@@ -319,7 +319,7 @@ def test_require_current_refuses_old_store_with_clear_message(db_url):
     eng = store.engine(db_url)
     try:
         with pytest.raises(RuntimeError) as err:
-            store.require_current(eng)
+            store_schema.require_current(eng)
         message = str(err.value)
         assert "out of date" in message and "forecast init" in message
     finally:
@@ -329,12 +329,12 @@ def test_require_current_refuses_old_store_with_clear_message(db_url):
 def test_store_newer_than_code_is_refused(db_url):
     eng = store.engine(db_url)
     try:
-        store.upgrade(eng)
+        store_schema.upgrade(eng)
         with eng.begin() as conn:
-            conn.execute(store.schema_version.update().values(version=store.SCHEMA_VERSION + 1))
+            conn.execute(store_schema.schema_version.update().values(version=store_schema.SCHEMA_VERSION + 1))
         with pytest.raises(RuntimeError, match="newer"):
-            store.upgrade(eng)
+            store_schema.upgrade(eng)
         with pytest.raises(RuntimeError):
-            store.require_current(eng)
+            store_schema.require_current(eng)
     finally:
         eng.dispose()
