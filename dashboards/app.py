@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboards import charts, priors_panel, tabs
+from dashboards import charts, live_panel, priors_panel, tabs
 from dashboards.refit_panel import refit_controls, refit_jobs, refit_progress
 from forecast import config, dataset, freshness, predict, priors, reweight, runs, store, store_schema
 from forecast import dashboard_view as view
@@ -167,7 +167,7 @@ def no_run(state: view.TheaterState, eng) -> None:
 
 # --- the page ------------------------------------------------------------------------------
 
-TABS = ["Forecast", "Drivers", "Evidence", "Priors", "Diagnostics", "Compare", "Export"]
+TABS = ["Forecast", "Drivers", "Evidence", "Priors", "Diagnostics", "Compare", "What if", "Export"]
 
 
 def main() -> None:
@@ -200,11 +200,19 @@ def main() -> None:
     rw = reweighter(str(run.path))
     profile, error = priors_panel.screen_profile(rw)
     reweighted = rw.apply(profile)
-    doc = view.document(run, reweighted.document, profile, reweighted)
     fresh = freshness.check(eng, run)
+    rows = store.load_evidence(eng, theater.id)
+    update = None if reweighted.changed else live_panel.instant_update(eng, state, run, rows, fresh)
+    if update is None:
+        doc, spread = view.document(run, reweighted.document, profile, reweighted), view.p30_draws(rw.draws, reweighted)
+    else:  # the evidence changed since the run: the instant update is what the page shows
+        doc, spread = view.document(run, update.document, profile, reweighted), (
+            update.draws["cumulative"].values[:, 29], update.weights.w)
 
     stale_banner(fresh)
-    headline(doc, reweighted, rw.stored, view.p30_draws(rw.draws, reweighted))
+    if update is not None:
+        live_panel.live_banner(update, rw.stored)
+    headline(doc, reweighted, rw.stored, spread)
     run_line(run, reweighted, profile)
     rejected = state.rejected_newer
     if rejected is not None:
@@ -214,18 +222,21 @@ def main() -> None:
     if not state.has_troops:
         st.info("No troop estimates for this theater: force level and growth carry no information here.")
     prior_banner(reweighted, rw.n_draws)
-    if reweighted.changed or (fresh is not None and fresh.stale):
-        refit_controls(state, profile, run.manifest["as_of"], key="refit:banner")
+    if reweighted.changed or update is not None:
+        refit_controls(state, profile, doc["as_of"], key="refit:banner",
+                       instant_p30=None if update is None else doc["prob"]["30"]["mean"])
     if refit_jobs().get(theater.id) is not None:
         refit_progress(theater.id)
 
-    evidence = view.evidence_frame(store.load_evidence(eng, theater.id), run.manifest)
+    evidence = view.evidence_frame(rows, run.manifest)
     # Lazy tabs: only the open tab runs, so a prior change redraws the headline and that tab at once.
     shown = st.tabs(TABS, key="tab", on_change="rerun", bind="query-params")
     pages = [lambda: tabs.forecast_tab(doc, evidence), lambda: tabs.drivers_tab(doc, profile),
-             lambda: tabs.evidence_tab(evidence, run.manifest["as_of"], state.has_troops),
+             lambda: (live_panel.record_panel(eng, theater.id, doc["as_of"], rows),
+                      tabs.evidence_tab(evidence, run.manifest["as_of"], state.has_troops)),
              lambda: priors_panel.priors_tab(state, rw, profile, reweighted, error),
              lambda: tabs.diagnostics_tab(state, run, doc), lambda: tabs.compare_tab(state, run, doc, rw),
+             lambda: live_panel.whatif_tab(state, run, doc, eng, rows),
              lambda: tabs.export_tab(eng, state, run, doc, profile, reweighted)]
     for tab, page in zip(shown, pages):
         if tab.open:

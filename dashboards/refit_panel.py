@@ -11,7 +11,7 @@ import datetime as dt
 import streamlit as st
 
 from dashboards.refit_jobs import RefitJobs, expected_refit_seconds
-from forecast import config, priors
+from forecast import config, predict, priors
 from forecast import dashboard_view as view
 
 
@@ -26,7 +26,8 @@ def refit_jobs() -> RefitJobs:
 
 
 def refit_controls(state: view.TheaterState, profile: priors.Profile, as_of: str | None, key: str,
-                   label: str = "Refit with these priors") -> None:
+                   label: str = "Refit with these priors", instant_p30: float | None = None) -> None:
+    """`instant_p30`: the instant update on screen, to say how far the refit lands from it."""
     job = refit_jobs().get(state.theater.id)
     running = job is not None and not job.done
     cols = st.columns([1.3, 1, 3])
@@ -38,6 +39,7 @@ def refit_controls(state: view.TheaterState, profile: priors.Profile, as_of: str
                            "the page stays usable. Published only if it passes the convergence gate."):
         job = refit_jobs().start(state.theater.id, chosen, profile, expected_refit_seconds(state.history))
         st.session_state["refit:mine"] = job.started  # only this session is told when it is done
+        st.session_state["refit:instant"] = instant_p30
         st.rerun()
     cols[2].caption("Runs the full fit in the background; the page stays usable and shows the new run when "
                     "it finishes.")
@@ -57,7 +59,13 @@ def refit_progress(theater: str) -> None:
         st.session_state["refit:seen"] = job.started
         st.rerun(scope="app")  # show the new run everywhere on the page
     if job.run is not None and job.run.published:
-        st.success(job.status(), icon="✅")
+        instant = st.session_state.get("refit:instant")
+        extra = ""
+        if instant is not None:
+            refit = job.run.forecast()["prob"]["30"]["mean"]
+            extra = (f" It gives P(30 days) {predict.pct(refit)}; the instant update said {predict.pct(instant)} "
+                     f"({(refit - instant) * 100:+.1f} points).")
+        st.success(job.status() + extra, icon="✅")
     else:
         st.error(job.status(), icon="⛔")
     st.button("Dismiss", key="refit:dismiss", on_click=refit_jobs().forget, args=(theater,))

@@ -183,3 +183,14 @@ def export_tab(eng, state: view.TheaterState, run, doc: dict, profile: priors.Pr
             data=(lambda fmt=fmt: view.export_report(eng, run, fmt, doc, override, state.theater.name)),
             file_name=view.export_name(doc, fmt), mime=mime, width="stretch", on_click="ignore")
     st.caption("The file is made when you click (a PDF takes a few seconds).")
+    last = st.session_state.get("whatif:last")
+    if last and last["document"].get("theater") == run.manifest["theater"]:
+        st.markdown("**The what-if scenario** (marked hypothetical in the report)")
+        cols = st.columns(3)
+        for col, fmt in zip(cols, ("html", "pdf", "json")):
+            col.download_button(
+                f"What-if {fmt.upper()}", key=f"export:whatif:{fmt}",
+                data=(lambda fmt=fmt: view.export_report(eng, run, fmt, last["document"], None, state.theater.name,
+                                                         hypothetical=last["rows"])),
+                file_name=view.export_name(last["document"], fmt).replace(f".{fmt}", f"-whatif.{fmt}"),
+                mime=view.EXPORT_FORMATS[fmt][0], width="stretch", on_click="ignore")

@@ -58,7 +58,7 @@ import numpy as np
 from forecast import dataset, hazard, model, predict, priors, public_record, reweight, runs, scoring, store
 from forecast.features import STATIC, TheaterPanel, build_panel, troop_obs
 from forecast.reference_class import STEP_DAYS, Case, climatology, load_cases
-from forecast.sampling import COMPILED, SamplerSettings
+from forecast.sampling import COMPILED, SamplerSettings, stacked
 from forecast.schema import Theater
 
 HORIZONS = predict.HORIZONS
@@ -112,7 +112,7 @@ def loco_forecasts(fit: model.Fit, case: Case, seed: int) -> list[dict]:
     reported). The days ahead use fresh force paths per draw, as `forecast.predict` does.
     """
     stage1 = fit.stage1_draws
-    post = fit.stage2.posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
+    post = stacked(fit.stage2.posterior)
     alpha, beta, sigma = post["alpha"].values, post["beta"].values, post["sigma_theater"].values
     n, at = len(alpha), [h - 1 for h in HORIZONS]
     out = []

@@ -410,6 +410,9 @@ def backtest_(case: Optional[list[str]] = typer.Option(None, "--case", help="cas
     emit(doc, as_json, backtest_report.text_summary(doc))
 
 
+from forecast import cli_live  # noqa: E402, F401 - registers add, whatif and replay on `app`
+
+
 def main() -> None:  # pragma: no cover
     app()
 

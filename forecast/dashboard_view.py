@@ -273,7 +273,7 @@ EXPORT_FORMATS = {"html": ("text/html", "html"), "pdf": ("application/pdf", "pdf
 
 
 def export_report(eng, run: runs.Run, fmt: str, doc: dict, profile: priors.Profile | None = None,
-                  theater_name: str | None = None) -> bytes:
+                  theater_name: str | None = None, hypothetical: list[dict] | None = None) -> bytes:
     """The report of what is on screen, through `forecast.report.render` (what `forecast report` uses).
 
     With `profile` (the priors on screen differ from the run's), the report carries the on-screen,
@@ -284,6 +284,9 @@ def export_report(eng, run: runs.Run, fmt: str, doc: dict, profile: priors.Profi
 
     fresh = freshness.check(eng, run)
     rows = store.load_evidence(eng, run.manifest["theater"])
+    if hypothetical is not None:  # a what-if scenario: its forecast, the run's priors, marked hypothetical
+        return report.render(run, rows, fmt, forecast_override=doc, profile_override_text=run.profile_text(),
+                             theater_name=theater_name, freshness=fresh, hypothetical=hypothetical)
     if profile is None:
         return report.render(run, rows, fmt, theater_name=theater_name, freshness=fresh)
     return report.render(run, rows, fmt, forecast_override=doc, profile_override_text=profile.text,

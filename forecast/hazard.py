@@ -65,14 +65,17 @@ def survival_by_day(alpha, sigma_theater, z, beta, static: np.ndarray, paths: np
     survival averaged over the imputation paths of the force covariates,
     log mean_k exp(sum_{s <= t} log(1 - h_k(s))), for every prefix t of the days at once.
 
-    alpha, sigma_theater: (draws,); z: (draws, effects); beta: (draws, indicators);
-    static: (days, static indicators); paths: (paths, days, force indicators).
+    alpha, sigma_theater: (draws,); z: (draws, effects); beta: (draws, indicators), force first as in
+    INDICATORS; static: (days, static indicators); paths: (paths, days, force indicators).
     Returns (draws, effects, days).
     """
+    n_force = paths.shape[-1]
+    # The static covariates are the same on every path: their term is computed once, as in the model.
+    quiet = log_odds(alpha[:, None, None], sigma_theater[:, None, None], z[:, :, None], static[None],
+                     beta[:, None, n_force:])  # (draws, effects, days)
     out = None
     for path in paths:
-        x = np.concatenate([path, static], axis=-1)  # (days, indicators), force first as in INDICATORS
-        eta = log_odds(alpha[:, None, None], sigma_theater[:, None, None], z[:, :, None], x, beta[:, None, :])
+        eta = quiet + covariate_term(path, beta[:, :n_force])[:, None, :]
         prefix = np.cumsum(log_sigmoid(-eta), axis=-1)
         out = prefix if out is None else np.logaddexp(out, prefix)
     return out - np.log(len(paths))

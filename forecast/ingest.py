@@ -29,13 +29,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from forecast.schema import EVIDENCE_ADAPTER, MODEL_BY_KIND, Evidence, Theater
-
-# Window rules (data/README.md "Evidence outside the window" lists the bundled exceptions).
-EXERCISE_LEAD_DAYS = 366  # an exercise schedule may be announced (and start) up to a year before the crisis start
-EXERCISE_MAX_DAYS = 366  # no scheduled exercise lasts longer
-HELD_BEFORE_START_DAYS = 366  # a fact may have held up to a year before the start if first reported in the window
-TROOPS_AFTER_OUTCOME_DAYS = 31  # troop rows may follow the outcome for the level series (2021-spring: 10 days)
-FUTURE_SLACK_DAYS = 1  # a fact cannot have held (or been reported) after tomorrow
+from forecast.window_rules import window_problems
 
 NUMBER_FIELDS = {name for model in (*MODEL_BY_KIND.values(), Theater) for name, f in model.model_fields.items()
                  if "float" in str(f.annotation)}
@@ -268,61 +262,6 @@ def _problems(file: str, line: int, err: ValidationError) -> list[Problem]:
 # --- batch checks ---------------------------------------------------------------------------
 
 
-def window_problems(row: Evidence, theater: Theater, outcome: Evidence | None,
-                    today: dt.date | None = None) -> list[tuple[str, str]]:
-    """(field, reason) for every window rule a row breaks; `outcome`: the theater's outcome, if any.
-
-    - no date or reported day after tomorrow (a fact cannot have held in the future);
-    - nothing known before the crisis start (the first public report of the build-up): a
-      row dated earlier must be `reported` on or after the start, at most
-      HELD_BEFORE_START_DAYS after it held (eritrea-djibouti-2008's incursion of 16 Apr,
-      reported on the start day); an exercise's schedule may instead be announced (and the
-      exercise start) up to EXERCISE_LEAD_DAYS earlier (russia-ukraine-2022's Zapad-2021
-      row); an exercise lasts at most EXERCISE_MAX_DAYS;
-    - the outcome is not before the start;
-    - nothing after the outcome, except troop rows up to TROOPS_AFTER_OUTCOME_DAYS later
-      (russia-ukraine-2021-spring keeps two for its level series).
-    """
-    today = today or dt.date.today()
-    latest = today + dt.timedelta(days=FUTURE_SLACK_DAYS)
-    start, out = theater.start, []
-    for name in ("date", "reported"):
-        value = getattr(row, name)
-        if value is not None and value > latest:
-            out.append((name, f"{value} is in the future (today is {today})"))
-    if row.kind == "outcome":
-        if row.date < start:
-            out.append(("date", f"the outcome ({row.date}) is before {theater.id} starts ({start})"))
-        return out
-    if row.kind == "exercise":
-        earliest = start - dt.timedelta(days=EXERCISE_LEAD_DAYS)
-        for name in ("date", "start"):
-            if getattr(row, name) < earliest:
-                out.append((name, f"{getattr(row, name)} is more than {EXERCISE_LEAD_DAYS} days before "
-                                  f"{theater.id} starts ({start})"))
-        if (row.end - row.start).days > EXERCISE_MAX_DAYS:
-            out.append(("end", f"the exercise would last {(row.end - row.start).days} days "
-                               f"(more than {EXERCISE_MAX_DAYS})"))
-    elif row.date < start:
-        if row.reported is None or row.reported < start:
-            out.append(("date", f"{row.date} is before {theater.id} starts ({start}) and was not reported after "
-                                "it: only a fact first reported in the window (set `reported`) or an exercise "
-                                "schedule may be dated earlier"))
-        elif (start - row.date).days > HELD_BEFORE_START_DAYS:
-            out.append(("date", f"{row.date} is more than {HELD_BEFORE_START_DAYS} days before {theater.id} "
-                                f"starts ({start})"))
-    if outcome is not None and outcome.date >= start:
-        end = outcome.date
-        if row.kind == "troops":
-            if (row.date - end).days > TROOPS_AFTER_OUTCOME_DAYS:
-                out.append(("date", f"{row.date} is more than {TROOPS_AFTER_OUTCOME_DAYS} days after the "
-                                    f"outcome of {theater.id} ({end})"))
-        elif row.date > end:
-            out.append(("date", f"{row.date} is after the outcome of {theater.id} ({end}); only troop rows "
-                                f"may follow it (up to {TROOPS_AFTER_OUTCOME_DAYS} days)"))
-    return out
-
-
 def _batch_problems(total: Parsed, theaters: dict[str, Theater], stored_outcomes: dict, today) -> list[Problem]:
     """Checks across the files of a batch and against the store (see the module docstring)."""
     problems: list[Problem] = []
@@ -431,7 +370,35 @@ def import_files(eng, paths: list[Path], origin: str, case_files: bool = False, 
 
     theaters = {t.id: t for t in store.load_theaters(eng)}
     outcomes = store.current_outcomes(eng)
-    parsed = read_paths(paths, theaters, outcomes, case_files=case_files)
+    return _write_checked(eng, read_paths(paths, theaters, outcomes, case_files=case_files), theaters, outcomes,
+                          origin, warn)
+
+
+def read_records(label: str, records: list[dict], known_theaters, stored_outcomes: dict | None = None,
+                 today: dt.date | None = None) -> Parsed:
+    """Rows given as dicts (the page's form, `forecast add`, a what-if `--row`), validated exactly as the
+    lines of a file: problems name `label`, the record's number and the field."""
+    stored = known_theaters if isinstance(known_theaters, dict) else {}
+    parsed = _validate(label, [(i, record, None) for i, record in enumerate(records, start=1)], set(known_theaters))
+    parsed.problems += _batch_problems(parsed, stored, stored_outcomes or {}, today)
+    return parsed
+
+
+def import_records(eng, label: str, records: list[dict], origin: str, retractions: tuple = (), warn=None):
+    """Validate rows given as dicts like a file's lines, then write them (and withdraw `retractions`) in one
+    transaction, or nothing."""
+    from forecast import store
+
+    theaters = {t.id: t for t in store.load_theaters(eng)}
+    outcomes = store.current_outcomes(eng)
+    return _write_checked(eng, read_records(label, records, theaters, outcomes), theaters, outcomes, origin, warn,
+                          retractions, log_inserts=True)
+
+
+def _write_checked(eng, parsed: Parsed, theaters: dict, outcomes: dict, origin: str, warn=None,
+                   retractions: tuple = (), log_inserts: bool = False):
+    from forecast import store
+
     if not parsed.problems:
         parsed.problems += _stored_row_problems(eng, parsed, theaters, outcomes)
     if parsed.problems:
@@ -439,4 +406,4 @@ def import_files(eng, paths: list[Path], origin: str, case_files: bool = False, 
     for problem in parsed.warnings:
         if warn is not None:
             warn(problem)
-    return store.write(eng, parsed.theaters, parsed.evidence, origin)
+    return store.write(eng, parsed.theaters, parsed.evidence, origin, retractions, log_inserts)

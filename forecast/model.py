@@ -65,7 +65,7 @@ import xarray as xr
 from forecast import hazard
 from forecast.features import FORCE, FORCE_GROWTH_DAYS, INDICATORS, TheaterPanel, crisis_week
 from forecast.priors import STAGE1_PRIORS, Profile
-from forecast.sampling import SamplerSettings, sample
+from forecast.sampling import SamplerSettings, sample, stacked
 from forecast.schema import SOURCE_TYPES
 
 MU0 = STAGE1_PRIORS["level_start"].parameters["mu"]  # a theater's initial log force level
@@ -307,7 +307,7 @@ class Fit:
 
     @property
     def stage1_draws(self) -> xr.Dataset:
-        return self.stage1.posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
+        return stacked(self.stage1.posterior)
 
 
 def all_force_paths(panels, stage1_draws: xr.Dataset, picks, shocks) -> np.ndarray:
@@ -327,7 +327,7 @@ def fit(panels: list[TheaterPanel], target: str, profile: Profile, settings: Sam
                     settings.stage1_target_accept, draws=settings.draws * settings.stage1_draws_factor,
                     compiler=compiler)
 
-    draws1 = stage1.posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
+    draws1 = stacked(stage1.posterior)
     picks = rng.choice(draws1.sizes["sample"], size=N_PATHS, replace=False)
     shocks = rng.standard_normal((N_PATHS, len(panels)))
     x_force = all_force_paths(panels, draws1, picks, shocks)

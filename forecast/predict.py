@@ -27,6 +27,7 @@ import xarray as xr
 from forecast import hazard
 from forecast.features import INDICATORS, TheaterPanel, build_panel, static_covariates
 from forecast.model import N_PATHS, force_paths
+from forecast.sampling import stacked
 
 HORIZONS = (7, 30, 90)
 HISTORY_STEP_DAYS = 7
@@ -70,7 +71,7 @@ INTERVAL_MEANING = ("The 80% interval is the spread of the probability over the 
 
 def hazard_params(stage2: xr.Dataset, target: str) -> dict[str, np.ndarray]:
     """alpha, beta, sigma_theater and the target's z, one row per posterior draw."""
-    post = stage2.stack(sample=("chain", "draw")).transpose("sample", ...)
+    post = stacked(stage2)
     return {"alpha": post["alpha"].values, "beta": post["beta"].values,
             "sigma_theater": post["sigma_theater"].values, "z": post["z"].sel(theater=target).values}
 
@@ -99,11 +100,20 @@ def cumulative_ahead(stage1_draws: xr.Dataset, panel: TheaterPanel, params: dict
 
 
 def draws_for(panel: TheaterPanel, stage1: xr.Dataset, stage2: xr.Dataset, seed: int = 0) -> xr.Dataset:
-    """Every per-draw quantity the forecast needs, for the target theater as of panel.cut."""
-    params = hazard_params(stage2, panel.id)
+    """Every per-draw quantity the forecast needs, for the target theater as of panel.cut (a run's draws.nc)."""
+    return per_draw(panel, stacked(stage1), hazard_params(stage2, panel.id), seed)
+
+
+def per_draw(panel: TheaterPanel, stage1_draws: xr.Dataset, params: dict, seed: int,
+             reuse: tuple[xr.Dataset, np.datetime64] | None = None, survival: np.ndarray | None = None) -> xr.Dataset:
+    """`draws_for` from a stacked stage-1 posterior and the target's hazard parameters.
+
+    `reuse` = (draws of the same posterior and seed, date): history columns dated before `date` are
+    copied from those draws (the covariates known then did not change), so the live loop recomputes
+    only what a change can move. `survival`: the panel's `history_survival`, when the caller has it.
+    """
     n = len(params["alpha"])
     rng = np.random.default_rng(seed)
-    stage1_draws = stage1.stack(sample=("chain", "draw")).transpose("sample", ...)
     picks = rng.integers(0, stage1_draws.sizes["sample"], n)
     shocks = rng.standard_normal(n)
     as_of = panel.cut
@@ -114,10 +124,12 @@ def draws_for(panel: TheaterPanel, stage1: xr.Dataset, stage2: xr.Dataset, seed:
     contributions = x[:, 0, :] * params["beta"]  # next day's log-odds, per indicator
 
     history_dates = _history_dates(panel)
-    history = np.stack([_prob_within(panel, day, stage1_draws, params, picks, shocks, 30)
+    stored = {} if reuse is None else {d: j for j, d in enumerate(reuse[0]["history_date"].values.astype("datetime64[D]"))
+                                        if d < reuse[1]}
+    history = np.stack([reuse[0]["history_30"].values[:, stored[day]] if day in stored
+                        else _prob_within(panel, day, stage1_draws, params, picks, shocks, 30)
                         for day in history_dates], axis=1)
-    history_log_weight = _history_log_weights(panel, stage1_draws, params, history_dates,
-                                              np.random.default_rng([seed, 1]))
+    history_log_weight = _history_log_weights(panel, stage1_draws, params, history_dates, seed, survival)
     return xr.Dataset(
         {
             "cumulative": (("draw", "day"), cum),
@@ -136,13 +148,25 @@ def draws_for(panel: TheaterPanel, stage1: xr.Dataset, stage2: xr.Dataset, seed:
 
 
 def _history_dates(panel: TheaterPanel) -> np.ndarray:
-    """Weekly as-of dates from the crisis start to the as-of date (always included)."""
-    steps = np.arange(panel.cut, panel.start - 1, -HISTORY_STEP_DAYS, dtype="datetime64[D]")
-    return steps[::-1]
+    """Weekly as-of dates from the crisis start (as the backtest's grid), and the as-of date itself.
+
+    Anchored on the start, so forecasts of one theater as of different dates share their past dates.
+    """
+    weekly = np.arange(panel.start, panel.cut, HISTORY_STEP_DAYS, dtype="datetime64[D]")
+    return np.append(weekly, panel.cut)
+
+
+def history_survival(panel: TheaterPanel, stage1_draws: xr.Dataset, params: dict, seed: int) -> np.ndarray:
+    """The target's log P(quiet through each day of the panel) per draw, over the history weights' paths."""
+    rng = np.random.default_rng([seed, 1])
+    picks = rng.choice(stage1_draws.sizes["sample"], size=N_PATHS, replace=False)
+    paths = force_paths(panel, stage1_draws, panel.days, picks, rng.standard_normal(N_PATHS))
+    return hazard.survival_by_day(params["alpha"], params["sigma_theater"], params["z"][:, None],
+                                  params["beta"], panel.static, paths)[:, 0, :]  # (draws, days)
 
 
 def _history_log_weights(panel: TheaterPanel, stage1_draws: xr.Dataset, params: dict, dates: np.ndarray,
-                         rng: np.random.Generator) -> np.ndarray:
+                         seed: int, survival: np.ndarray | None = None) -> np.ndarray:
     """Per draw and past date d: log of the importance weight that takes the target's quiet days after d
     back out of the fit, log P(quiet through d) - log P(quiet through the as-of date).
 
@@ -151,10 +175,8 @@ def _history_log_weights(panel: TheaterPanel, stage1_draws: xr.Dataset, params: 
     stored draws by this ratio (`forecast.reweight`, Pareto-smoothed) gives the posterior that
     fit would have had, up to the target's later troop estimates in stage 1.
     """
-    picks = rng.choice(stage1_draws.sizes["sample"], size=N_PATHS, replace=False)
-    paths = force_paths(panel, stage1_draws, panel.days, picks, rng.standard_normal(N_PATHS))
-    survival = hazard.survival_by_day(params["alpha"], params["sigma_theater"], params["z"][:, None],
-                                      params["beta"], panel.static, paths)[:, 0, :]  # (draws, days)
+    if survival is None:
+        survival = history_survival(panel, stage1_draws, params, seed)
     through = (dates - panel.start).astype(int)  # index of each date among the panel's days
     return survival[:, through] - survival[:, -1:]
 

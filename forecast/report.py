@@ -72,8 +72,12 @@ class ReportError(ValueError):
 
 def content(run: runs.Run, evidence_rows, forecast_override: dict | None = None,
             profile_override_text: str | None = None, *, theater_name: str | None = None,
-            freshness=None, generated_at: dt.datetime | None = None) -> dict:
-    """The report as a JSON-ready dict (see the module docstring for the arguments)."""
+            freshness=None, generated_at: dt.datetime | None = None, hypothetical: list[dict] | None = None) -> dict:
+    """The report as a JSON-ready dict (see the module docstring for the arguments).
+
+    `hypothetical`: the what-if rows behind `forecast_override` (never stored as evidence): the report is
+    marked hypothetical throughout, and may be as of a later date than the run.
+    """
     if (forecast_override is None) != (profile_override_text is None):
         raise ReportError("forecast_override and profile_override_text go together: a reweighted forecast "
                           "is reported with the profile it was reweighted to")
@@ -82,7 +86,9 @@ def content(run: runs.Run, evidence_rows, forecast_override: dict | None = None,
     missing = [k for k in _FORECAST_KEYS if k not in doc]
     if missing:
         raise ReportError(f"forecast document lacks {', '.join(missing)}")
-    if str(doc["as_of"]) != str(m["as_of"]):
+    if hypothetical is not None and forecast_override is None:
+        raise ReportError("hypothetical rows come with the forecast they give (forecast_override)")
+    if str(doc["as_of"]) != str(m["as_of"]) and hypothetical is None:
         raise ReportError(f"forecast as of {doc['as_of']} is not of run {m['run_id']} (as of {m['as_of']})")
     generated_at = generated_at or dt.datetime.now(dt.timezone.utc)
     as_of = dt.date.fromisoformat(m["as_of"])
@@ -115,6 +121,8 @@ def content(run: runs.Run, evidence_rows, forecast_override: dict | None = None,
         "freshness": None if freshness is None else freshness.as_dict(),
         "pareto_k_max": reweight.PARETO_K_MAX,
         "reweighted": reweighted,
+        "hypothetical_rows": hypothetical,
+        "forecast_as_of": str(doc["as_of"]),
         "key_judgment": predict.key_judgment({**doc, "as_of": m["as_of"]}),
         "forecast": forecast_part,
         "priors": _priors(profile_text),

@@ -74,6 +74,11 @@ def sample(model, settings: SamplerSettings, var_names: list[str], label: str, s
     return _label(idata, model)
 
 
+def stacked(posterior):
+    """A posterior (xarray Dataset) with (chain, draw) flattened to `sample`, first: one row per draw."""
+    return posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
+
+
 def _label(idata, model):
     """The model's coordinate values on every group of `idata` whose dimension has their length."""
     for group in idata.groups():

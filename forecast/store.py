@@ -14,7 +14,7 @@ import datetime as dt
 import functools
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -102,9 +102,11 @@ class ImportResult:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    retracted: list = field(default_factory=list)  # what `write(..., retractions=...)` withdrew
 
     def as_dict(self) -> dict:
-        return {"inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged}
+        doc = {"inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged}
+        return {**doc, "retracted": self.retracted} if self.retracted else doc
 
 
 def _comparable(values: dict) -> str:
@@ -116,15 +118,21 @@ def row_id(row: Evidence) -> str:
     return digest(json.dumps(row.key(), default=str))[:ROW_ID_LENGTH]
 
 
-def write(eng: sa.Engine, theater_rows: list[Theater], evidence: list[Evidence], origin: str) -> ImportResult:
+def write(eng: sa.Engine, theater_rows: list[Theater], evidence: list[Evidence], origin: str,
+          retractions: tuple = (), log_inserts: bool = False) -> ImportResult:
     """Upsert theaters and evidence in one transaction; record every change.
+
+    `retractions`: (theater, row id, reason, by) of rows withdrawn in the same transaction (an edit
+    that changes a row's key is the corrected row written and the old one retracted, or neither).
+    `log_inserts`: new rows enter the change log too (a row recorded by hand: who, when and why);
+    bulk imports log only changes.
 
     Two imports declaring the same new theater at once collide on its key (IntegrityError):
     the whole transaction is rolled back and retried, so the second sees the first's rows.
     """
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
-            return _write_once(eng, theater_rows, evidence, origin)
+            return _write_once(eng, theater_rows, evidence, origin, retractions, log_inserts)
         except sa.exc.IntegrityError as err:
             if not _key_collision(err):
                 raise  # a row the database refuses for another reason is no race: rolled back, reported
@@ -141,7 +149,8 @@ def _key_collision(err: sa.exc.IntegrityError) -> bool:
     return getattr(orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(orig)
 
 
-def _write_once(eng: sa.Engine, theater_rows: list[Theater], evidence: list[Evidence], origin: str) -> ImportResult:
+def _write_once(eng: sa.Engine, theater_rows: list[Theater], evidence: list[Evidence], origin: str,
+                retractions: tuple = (), log_inserts: bool = False) -> ImportResult:
     result = ImportResult()
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     with eng.begin() as conn:
@@ -153,14 +162,19 @@ def _write_once(eng: sa.Engine, theater_rows: list[Theater], evidence: list[Evid
             key = json.dumps(row.key(), default=str)
             values = {**row.model_dump(exclude={"kind"}), "row_key": digest(key)}
             _upsert(conn, table, table.c.row_key == values["row_key"], values, key, origin, now, result,
-                    stamp="imported_at")
+                    stamp="imported_at", log_insert=log_inserts)
+        for theater, row, reason, by in retractions:
+            result.retracted.append(_retract(conn, theater, row, reason, by, now))
     return result
 
 
-def _upsert(conn, table, where, values, key, origin, now, result, stamp=None) -> None:
+def _upsert(conn, table, where, values, key, origin, now, result, stamp=None, log_insert: bool = False) -> None:
     existing = conn.execute(sa.select(table).where(where)).mappings().first()
     if existing is None:
         conn.execute(table.insert().values(**values, **({stamp: now} if stamp else {})))
+        if log_insert:
+            conn.execute(evidence_changes.insert().values(table_name=table.name, row_key=key, old=None,
+                                                          new=_comparable(values), origin=origin, changed_at=now))
         result.inserted += 1
         return
     old = {k: existing[k] for k in values}
@@ -270,40 +284,51 @@ def current_outcomes(eng: sa.Engine) -> dict[str, tuple[str, Evidence]]:
             for _, r, row in _evidence_rows(eng, None, "outcome", retracted=False)}
 
 
-def retract(eng: sa.Engine, theater: str, row: str, reason: str, by: str | None = None) -> dict:
-    """Withdraw one row: it stays stored, flagged, and the change log records who, when and why."""
+def retraction(theater: str, row: str, reason: str, by: str | None = None) -> tuple:
+    """A checked (theater, row id, reason, by) for `retract` or `write(..., retractions=...)`."""
     reason = (reason or "").strip()
     if not reason:
         raise RetractError("--reason: say why the row is withdrawn (it is kept in the change log)")
     wanted = (row or "").strip().lower()
     if not (8 <= len(wanted) <= 64 and all(c in "0123456789abcdef" for c in wanted)):
         raise RetractError(f"{row!r} is not a row id (8 to 64 hex digits, as `forecast evidence {theater}` shows)")
+    return theater, wanted, reason, by
+
+
+def retract(eng: sa.Engine, theater: str, row: str, reason: str, by: str | None = None) -> dict:
+    """Withdraw one row: it stays stored, flagged, and the change log records who, when and why."""
+    checked = retraction(theater, row, reason, by)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     with eng.begin() as conn:
-        if conn.execute(sa.select(theaters.c.id).where(theaters.c.id == theater)).first() is None:
-            raise RetractError(f"unknown theater {theater!r}; see `forecast theaters`")
-        found = []
-        for kind, table in EVIDENCE_TABLES.items():
-            query = sa.select(table).where(table.c.theater == theater, table.c.row_key.startswith(wanted))
-            found += [(kind, table, r) for r in conn.execute(query).mappings().all()]
-        if not found:
-            raise RetractError(f"{theater} has no row {wanted}; `forecast evidence {theater}` lists the row ids")
-        if len(found) > 1:
-            raise RetractError(f"{wanted} matches {len(found)} rows of {theater}; give more digits")
-        kind, table, r = found[0]
-        if r["retracted_at"] is not None:
-            raise RetractError(f"row {wanted} of {theater} was already retracted on {r['retracted_at']} "
-                               f"({r['retracted_reason']})")
-        values = {c: r[c] for c in r.keys() if c not in _HIDDEN}
-        evidence = MODEL_BY_KIND[kind].model_construct(**{**values, "kind": kind})
-        readable = json.dumps(evidence.key(), default=str)
-        conn.execute(table.update().where(table.c.id == r["id"]).values(
-            retracted_at=now, retracted_reason=reason, retracted_by=by))
-        retraction = {"at": str(now), "reason": reason, "by": by}
-        conn.execute(evidence_changes.insert().values(
-            table_name=table.name, row_key=readable, old=_comparable(values),
-            new=_comparable({**values, "retracted": retraction}), origin=f"retract by {by or 'unnamed'}",
-            changed_at=now))
+        return _retract(conn, *checked, now)
+
+
+def _retract(conn, theater: str, wanted: str, reason: str, by: str | None, now: dt.datetime) -> dict:
+    """Flag one row as retracted and log it, inside the caller's transaction."""
+    if conn.execute(sa.select(theaters.c.id).where(theaters.c.id == theater)).first() is None:
+        raise RetractError(f"unknown theater {theater!r}; see `forecast theaters`")
+    found = []
+    for kind, table in EVIDENCE_TABLES.items():
+        query = sa.select(table).where(table.c.theater == theater, table.c.row_key.startswith(wanted))
+        found += [(kind, table, r) for r in conn.execute(query).mappings().all()]
+    if not found:
+        raise RetractError(f"{theater} has no row {wanted}; `forecast evidence {theater}` lists the row ids")
+    if len(found) > 1:
+        raise RetractError(f"{wanted} matches {len(found)} rows of {theater}; give more digits")
+    kind, table, r = found[0]
+    if r["retracted_at"] is not None:
+        raise RetractError(f"row {wanted} of {theater} was already retracted on {r['retracted_at']} "
+                           f"({r['retracted_reason']})")
+    values = {c: r[c] for c in r.keys() if c not in _HIDDEN}
+    evidence = MODEL_BY_KIND[kind].model_construct(**{**values, "kind": kind})
+    readable = json.dumps(evidence.key(), default=str)
+    conn.execute(table.update().where(table.c.id == r["id"]).values(
+        retracted_at=now, retracted_reason=reason, retracted_by=by))
+    retraction = {"at": str(now), "reason": reason, "by": by}
+    conn.execute(evidence_changes.insert().values(
+        table_name=table.name, row_key=readable, old=_comparable(values),
+        new=_comparable({**values, "retracted": retraction}), origin=f"retract by {by or 'unnamed'}",
+        changed_at=now))
     return {"theater": theater, "row_id": r["row_key"][:ROW_ID_LENGTH], "kind": kind, "date": str(values["date"]),
             "key": readable, "retracted": retraction}
 

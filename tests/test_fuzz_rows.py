@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from forecast import ingest, store, store_schema
+from forecast import ingest, store, store_schema, window_rules
 from forecast.schema import FIRST_DAY, KINDS, LAST_DAY
 
 THEATER = {"kind": "theater", "id": "fuzz-2025", "name": "Fuzz", "actor": "A", "target": "B",
@@ -125,7 +125,7 @@ def _check(parsed: ingest.Parsed, path) -> None:
         for name in ("date", "reported", "start", "end"):
             if doc.get(name) is not None:
                 assert FIRST_DAY <= dt.date.fromisoformat(doc[name]) <= LAST_DAY
-        assert ingest.window_problems(row, theaters[row.theater], outcomes.get(row.theater)) == []
+        assert window_rules.window_problems(row, theaters[row.theater], outcomes.get(row.theater)) == []
 
 
 FAST = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 250)), deadline=None, database=None,
