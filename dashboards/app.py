@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboards import charts, priors_panel, tabs
+from dashboards.alerts_panel import alerts_section
 from dashboards.refit_panel import refit_controls, refit_jobs, refit_progress
 from forecast import config, dataset, freshness, predict, priors, reweight, runs, store, store_schema
 from forecast import dashboard_view as view
@@ -205,6 +206,7 @@ def main() -> None:
 
     stale_banner(fresh)
     headline(doc, reweighted, rw.stored, view.p30_draws(rw.draws, reweighted))
+    alerts_section(theater.id)
     run_line(run, reweighted, profile)
     rejected = state.rejected_newer
     if rejected is not None:
