@@ -1,21 +1,9 @@
 """Alerts: threshold rules per theater, the crossings a newly published run raises, the alert log, delivery.
 
-Rules live in a small TOML file, ``$FORECAST_RUNS_DIR/alerts.toml`` (or the file FORECAST_ALERTS
-names)::
-
-    [theaters.watch-ukraine]
-    p30_above = 0.5          # P(30 days) crosses 50% upward (a list gives several levels: [0.3, 0.5])
-    p30_below = 0.2          # ... falls below 20%
-    p30_move  = 0.10         # ... moves by more than 10 points (either way) between two published runs
-
-    [theaters."*"]           # every theater without a table of its own
-    p30_move = 0.15
-
-    [webhook]
-    url = "https://hooks.example.org/forecast"
-    timeout_seconds = 5      # per attempt (default 5)
-    retries = 2              # further attempts after a failed one (default 2: 3 attempts in all)
-    backoff_seconds = 0.5    # wait before retry n: backoff * 2**(n-1) (default 0.5)
+Rules live in ``$FORECAST_RUNS_DIR/alerts.toml`` (or the file FORECAST_ALERTS names), parsed and
+validated by `forecast.alert_rules` (``[theaters.ID]`` / ``[theaters."*"]`` with ``p30_above``,
+``p30_below``, ``p30_move``; ``[webhook]`` with ``url``, ``timeout_seconds``, ``retries``,
+``backoff_seconds``); its names are re-exported here.
 
 Semantics (all on the posterior mean P(30 days) of the theater's *published* runs):
 
@@ -46,214 +34,37 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 import time
-import tomllib
 import urllib.error
-import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import forecast
 from forecast import config, predict, runs, safe_write
+from forecast.alert_rules import (
+    CONFIG_ENV,
+    CONFIG_NAME,
+    RULES,
+    AlertConfigError,
+    Config,
+    Rules,
+    Webhook,
+    config_path,
+    load,
+    parse,
+)
 
-CONFIG_ENV = "FORECAST_ALERTS"
-CONFIG_NAME = "alerts.toml"
+__all__ = ["CONFIG_ENV", "CONFIG_NAME", "RULES", "AlertConfigError", "Config", "Rules", "Webhook", "config_path",
+           "load", "parse", "Point", "point", "alert_id", "message", "check", "log_path", "read_log", "append",
+           "update", "listing", "status", "listing_text", "payload", "post", "Alerter", "LOG_NAME",
+           "PENDING_DAYS"]
+
 LOG_NAME = "alerts.jsonl"
-DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_BACKOFF = 5.0, 2, 0.5
 PENDING_DAYS = 7  # an undelivered alert is retried by later jobs for this long after it was raised
-RULES = ("p30_above", "p30_below", "p30_move")
 RETRIED_STATUS = {408, 429}  # and every 5xx
-
-
-class AlertConfigError(ValueError):
-    """An unusable alerts file; the message names the file and the key."""
-
-
-# --- the rules file ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rules:
-    """One theater's thresholds (probabilities)."""
-
-    above: tuple[float, ...] = ()
-    below: tuple[float, ...] = ()
-    move: float | None = None
-
-    @property
-    def empty(self) -> bool:
-        return not (self.above or self.below or self.move is not None)
-
-
-@dataclass(frozen=True)
-class Webhook:
-    url: str
-    timeout_seconds: float = DEFAULT_TIMEOUT
-    retries: int = DEFAULT_RETRIES
-    backoff_seconds: float = DEFAULT_BACKOFF
-
-    @property
-    def attempts(self) -> int:
-        return self.retries + 1
-
-    @property
-    def shown(self) -> str:
-        """Scheme, host and port only: the path and query often carry a secret token."""
-        parts = urllib.parse.urlsplit(self.url)
-        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-
-
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    exists: bool = False
-    theaters: dict[str, Rules] = field(default_factory=dict)
-    default: Rules | None = None
-    webhook: Webhook | None = None
-
-    def rules_for(self, theater: str) -> Rules:
-        return self.theaters.get(theater, self.default or Rules())
-
-
-def config_path() -> Path:
-    raw = os.environ.get(CONFIG_ENV, "").strip()
-    return Path(raw) if raw else config.runs_dir() / CONFIG_NAME
-
-
-def load(path: Path | None = None) -> Config:
-    """The rules file; no file at the default place means no rules. Raises AlertConfigError."""
-    explicit = path is not None or bool(os.environ.get(CONFIG_ENV, "").strip())
-    path = Path(path) if path is not None else config_path()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        if explicit:
-            raise AlertConfigError(f"{path}: no such alerts file ({CONFIG_ENV} names it)") from None
-        return Config(path)
-    except OSError as err:
-        raise AlertConfigError(f"{path}: cannot read the alerts file ({err.strerror or err})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise AlertConfigError(f"{path}: not valid UTF-8 (byte {err.start})") from None
-    return parse(text, path)
-
-
-def parse(text: str, path: Path | str = CONFIG_NAME) -> Config:
-    """Validate an alerts file strictly: unknown keys, wrong types, non-finite or out-of-range numbers."""
-    where = str(path)
-
-    def bad(key: str, problem: str) -> AlertConfigError:
-        return AlertConfigError(f"{where}: {key}: {problem}")
-
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise AlertConfigError(f"{where}: not valid TOML: {err}") from None
-    _known(doc, ("theaters", "webhook"), "", bad)
-    theaters, default = {}, None
-    tables = doc.get("theaters", {})
-    if not isinstance(tables, dict):
-        raise bad("theaters", "expected a table of theaters ([theaters.THEATER-ID])")
-    for theater, table in tables.items():
-        key = f"theaters.{_toml_key(theater)}"
-        if theater != "*" and not _slug(theater):
-            raise bad(key, "not a theater id (lower-case letters, digits and '-')")
-        if not isinstance(table, dict):
-            raise bad(key, "expected a table (p30_above, p30_below, p30_move)")
-        _known(table, RULES, key + ".", bad)
-        rules = Rules(above=_levels(table, "p30_above", key, bad), below=_levels(table, "p30_below", key, bad),
-                      move=_probability(table["p30_move"], f"{key}.p30_move", bad) if "p30_move" in table else None)
-        if theater == "*":
-            default = rules
-        else:
-            theaters[theater] = rules
-    webhook = None
-    if "webhook" in doc:
-        table = doc["webhook"]
-        if not isinstance(table, dict):
-            raise bad("webhook", "expected a table ([webhook] url = ...)")
-        _known(table, ("url", "timeout_seconds", "retries", "backoff_seconds"), "webhook.", bad)
-        if "url" not in table:
-            raise bad("webhook.url", "missing (the address alerts are POSTed to)")
-        webhook = Webhook(url=_url(table["url"], bad),
-                          timeout_seconds=_number(table, "timeout_seconds", DEFAULT_TIMEOUT, 0.1, 120, bad),
-                          retries=_whole(table, "retries", DEFAULT_RETRIES, 0, 10, bad),
-                          backoff_seconds=_number(table, "backoff_seconds", DEFAULT_BACKOFF, 0, 60, bad))
-    return Config(Path(path), True, theaters, default, webhook)
-
-
-def _known(table: dict, allowed: tuple[str, ...], prefix: str, bad) -> None:
-    for key in table:
-        if key not in allowed:
-            raise bad(f"{prefix}{_toml_key(key)}", f"unknown key; expected one of {', '.join(allowed)}")
-
-
-def _toml_key(key: str) -> str:
-    return key if key and all(c.isalnum() or c in "-_" for c in key) else json.dumps(key)
-
-
-def _slug(text: str) -> bool:
-    return 0 < len(text) <= 80 and text[0].isascii() and (text[0].islower() or text[0].isdigit()) \
-        and all(c.isascii() and (c.islower() or c.isdigit() or c == "-") for c in text)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _probability(value, key: str, bad) -> float:
-    if not _is_number(value):
-        raise bad(key, f"expected a probability (a number between 0 and 1, e.g. 0.5), not {value!r}")
-    if not math.isfinite(value) or not 0 < value < 1:
-        raise bad(key, f"{value!r} is not a probability strictly between 0 and 1 (0.5 means 50%)")
-    return float(value)
-
-
-def _levels(table: dict, name: str, key: str, bad) -> tuple[float, ...]:
-    if name not in table:
-        return ()
-    value = table[name]
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise bad(f"{key}.{name}", "an empty list; give a probability or a list of them")
-    levels = tuple(_probability(v, f"{key}.{name}", bad) for v in items)
-    if len(set(levels)) != len(levels):
-        raise bad(f"{key}.{name}", "a level is listed twice")
-    return tuple(sorted(levels))
-
-
-def _number(table: dict, name: str, default: float, low: float, high: float, bad) -> float:
-    value = table.get(name, default)
-    if not _is_number(value) or not math.isfinite(value) or not low <= value <= high:
-        raise bad(f"webhook.{name}", f"{value!r} is not a number of seconds from {low:g} to {high:g}")
-    return float(value)
-
-
-def _whole(table: dict, name: str, default: int, low: int, high: int, bad) -> int:
-    value = table.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise bad(f"webhook.{name}", f"{value!r} is not a whole number from {low} to {high}")
-    return value
-
-
-def _url(value, bad) -> str:
-    if not isinstance(value, str):
-        raise bad("webhook.url", f"expected a URL in quotes, not {value!r}")
-    parts = urllib.parse.urlsplit(value.strip())
-    if parts.scheme not in ("http", "https"):
-        raise bad("webhook.url", f"scheme {parts.scheme or '(none)'!r} is not http or https")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise bad("webhook.url", "the port is not a number from 0 to 65535") from None
-    if not parts.hostname or any(c.isspace() for c in value.strip()):
-        raise bad("webhook.url", "not a URL with a host (e.g. https://hooks.example.org/forecast)")
-    return value.strip()
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -406,9 +217,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
 def payload(record: dict) -> dict:
     body = {k: v for k, v in record.items() if k not in ("delivered", "attempts", "last_error", "delivered_at")}
     return {**body, "text": f"{record['theater']}: {record['message']}"}
@@ -417,6 +225,7 @@ def payload(record: dict) -> dict:
 def post(webhook: Webhook, record: dict, sleep: Callable[[float], None] = time.sleep) -> tuple[bool, int, str | None]:
     """One round of delivery: (delivered, attempts made, last error)."""
     body = json.dumps(payload(record)).encode("utf-8")
+    opener = urllib.request.build_opener(_NoRedirect)  # proxies as the environment says now
     error = None
     for attempt in range(1, webhook.attempts + 1):
         request = urllib.request.Request(webhook.url, data=body, method="POST", headers={
@@ -424,7 +233,7 @@ def post(webhook: Webhook, record: dict, sleep: Callable[[float], None] = time.s
             "User-Agent": f"escalation-forecast/{forecast.__version__} (alerts)"})
         retry = True
         try:
-            with _opener.open(request, timeout=webhook.timeout_seconds) as response:
+            with opener.open(request, timeout=webhook.timeout_seconds) as response:
                 if 200 <= response.status < 300:
                     return True, attempt, None
                 error, retry = f"HTTP {response.status}", False
@@ -473,8 +282,16 @@ class Alerter:
                 "last_error": None if delivered else f"{error} after {attempts} attempt{'s' if attempts != 1 else ''}",
                 "delivered_at": _now() if delivered else None}
 
+    def start(self, known_theaters: set[str]) -> None:
+        """At the job's start: name rules for theaters the store does not know (a typo alerts nobody), then
+        post again the alerts earlier jobs recorded but did not deliver (webhook down, or a crash)."""
+        for theater in sorted(set(self.cfg.theaters) - set(known_theaters)):
+            self.log(f"{_now()} alerts: {self.cfg.path} has rules for theater {theater!r}, which is not in the "
+                     f"store (see `forecast theaters`)")
+        self.redeliver()
+
     def redeliver(self) -> None:
-        """Post again the alerts earlier jobs recorded but did not deliver (webhook down, or a crash)."""
+        """Post again the alerts earlier jobs recorded but did not deliver, for PENDING_DAYS days."""
         if self.cfg.webhook is None:
             return
         cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=PENDING_DAYS)).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -310,8 +310,10 @@ def _refit_all(profile: priors.Profile, settings: sampling.SamplerSettings, as_j
     except schedule.Busy as err:
         fail(str(err), schedule.EXIT_BUSY)
     c = summary["counts"]
+    sent = summary["alerts"] + summary["alerts_redelivered"]
     emit(summary, as_json, f"refit --all: {c['published']} published, {c['rejected']} rejected, "
-         f"{c['skipped']} skipped, {c['failed']} failed")
+         f"{c['skipped']} skipped, {c['failed']} failed" + (f"; {len(sent)} alert(s), "
+                                                            f"{sum(a['delivered'] for a in sent)} posted" if sent else ""))
     if summary["exit_code"]:
         raise typer.Exit(summary["exit_code"])
 

@@ -165,7 +165,7 @@ def refit_all(eng, profile: priors.Profile | None = None,
                    f"this one exits without doing anything") from None
     try:
         started = _now()
-        alerter.redeliver()
+        alerter.start(store.theater_ids(eng))
         theaters = open_theaters(eng)
         if not theaters:
             log(f"{_now()} no open theaters to refit (a theater is open while it has no outcome row)")

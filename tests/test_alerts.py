@@ -105,6 +105,12 @@ class Hook:
         self.thread.join(timeout=5)
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """The webhooks here are on 127.0.0.1: never through a proxy the caller's environment names."""
+    monkeypatch.setenv("no_proxy", "*")
+
+
 @pytest.fixture
 def hook():
     server = Hook()
@@ -225,6 +231,8 @@ retries = 4
     ("[webhook]\nurl = 'http://'", "webhook.url"),
     ("[webhook]\nurl = 'http://host:99999/'", "webhook.url"),
     ("[webhook]\nurl = 3", "webhook.url"),
+    ('[webhook]\nurl = "http://h/a\\u0007b"', "webhook.url"),
+    ("[webhook]\nurl = 'http://h/a b'", "webhook.url"),
     ("[webhook]\ntimeout_seconds = 5", "webhook.url"),
     ("[webhook]\nurl = 'http://h/'\ntimeout_seconds = 0", "webhook.timeout_seconds"),
     ("[webhook]\nurl = 'http://h/'\ntimeout_seconds = nan", "webhook.timeout_seconds"),
@@ -283,6 +291,8 @@ def test_a_crossing_posts_exactly_once(stored_fit, watched, runs_dir, tmp_path, 
     assert again["alerts"] == [] and again["alerts_redelivered"] == [] and len(hook.received) == 1
     assert not [line for line in log if "alert" in line] and len(log_records(runs_dir)) == 1
 
+    assert watched.ok("refit", "--all").stdout.splitlines()[-1].endswith("0 failed")  # no alert: not mentioned
+
     text = watched.ok("alerts", WATCHED).stdout
     assert "crossed 50% (41% -> 63%), posted (1 attempt)" in text and alert["new_run_id"] in text
     assert watched.json("alerts", WATCHED) == [record] == watched.json("alerts")
@@ -324,7 +334,8 @@ def test_a_webhook_that_is_down_never_fails_the_job(stored_fit, watched, runs_di
                                             "cannot connect")
     assert log_records(runs_dir) == [alert]
     assert "not posted: cannot connect" in watched.ok("alerts").stdout
-    assert watched.ok("refit", "--all").exit_code == 0  # text mode too (the alert is retried, fails again)
+    text = watched.ok("refit", "--all").stdout  # text mode too: the alert is retried, and fails again
+    assert "not posted: cannot connect" in text and text.splitlines()[-1].endswith("; 1 alert(s), 0 posted")
 
     server = Hook()  # the webhook is back: the next job posts the alert once, and only once
     try:
@@ -403,6 +414,28 @@ def test_a_torn_log_line_is_skipped_and_kept(stored_fit, watched, runs_dir, tmp_
     assert [r["id"] for r in alerts.read_log()] == [summary["alerts"][0]["id"]]
     assert "line 1 is not an alert record (damaged?); skipped" in capsys.readouterr().err
     assert watched.json("alerts", WATCHED) == summary["alerts"]
+
+
+def test_rules_for_an_unknown_theater_are_named(stored_fit, watched, runs_dir):
+    rules(runs_dir, None, "[theaters.watch-ukrane]\np30_above = 0.5\n")
+    code, _, log = refit_all(watched)
+    assert code == 0 and any("has rules for theater 'watch-ukrane', which is not in the store" in line for line in log)
+
+
+def test_post_timeouts_and_redirects(hook):
+    record = alerts.check(WATCHED, P("a", "d", 0.1), P("b", "d", 0.9), alerts.Rules(above=(0.5,)))[0]
+    waits: list[float] = []
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        webhook = alerts.Webhook(f"http://127.0.0.1:{silent.getsockname()[1]}/", timeout_seconds=0.2, retries=2,
+                                 backoff_seconds=0.5)
+        assert alerts.post(webhook, record, sleep=waits.append) == (False, 3, "no answer within 0.2 s")
+    assert waits == [0.5, 1.0]  # backoff doubles
+    hook.statuses = [302]
+    assert alerts.post(alerts.Webhook(hook.url), record) == \
+        (False, 1, "HTTP 302 Found (a redirect: give the final URL)")
+    assert "SECRET-TOKEN" not in repr(alerts.Webhook(hook.url))
 
 
 # --- forecast alerts -------------------------------------------------------------------------
