@@ -382,6 +382,27 @@ def test_a_crash_between_record_and_post_delivers_later_not_twice(stored_fit, wa
     assert len(hook.received) == 1 and [r["delivered"] for r in log_records(runs_dir)] == [True]
 
 
+def test_a_rejected_run_never_alerts_and_the_next_compares_with_the_published_one(
+        stored_fit, watched, runs_dir, tmp_path, p30, hook, monkeypatch):
+    from forecast import runs
+
+    rules(runs_dir, hook.url)
+    p30 += [0.41, 0.63, 0.70]
+    code, first, _ = refit_all(watched)
+    published = by_theater(first)[WATCHED]["run_id"]
+    gate = runs.gate
+    monkeypatch.setattr(runs, "gate", lambda diagnostics: ["forced by the test"])
+    new_evidence(watched, tmp_path)
+    code, rejected, _ = refit_all(watched)
+    assert code == 3 and by_theater(rejected)[WATCHED]["action"] == "rejected" and rejected["alerts"] == []
+    monkeypatch.setattr(runs, "gate", gate)
+    new_evidence(watched, tmp_path, description="Test: a second embassy draws down")
+    code, summary, _ = refit_all(watched)
+    [alert] = summary["alerts"]
+    assert code == 0 and alert["previous_run_id"] == published and alert["previous_p30"] == 0.41
+    assert alert["new_p30"] == 0.70 and len(hook.received) == 1
+
+
 def test_move_rule_default_and_no_webhook(stored_fit, watched, runs_dir, tmp_path, p30):
     rules(runs_dir, None, '[theaters."*"]\np30_move = 0.1\n')
     p30 += [0.30, 0.12]
