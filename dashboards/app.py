@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboards import charts, live_panel, priors_panel, tabs
+from dashboards.alerts_panel import alerts_section
 from dashboards.refit_panel import refit_controls, refit_jobs, refit_progress
 from forecast import config, dataset, freshness, predict, priors, reweight, runs, store, store_schema
 from forecast import dashboard_view as view
@@ -213,6 +214,7 @@ def main() -> None:
     if update is not None:
         live_panel.live_banner(update, rw.stored)
     headline(doc, reweighted, rw.stored, spread)
+    alerts_section(theater.id)
     run_line(run, reweighted, profile)
     rejected = state.rejected_newer
     if rejected is not None:

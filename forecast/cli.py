@@ -19,6 +19,7 @@ import sqlalchemy as sa
 import typer
 
 from forecast import (
+    alerts,
     config,
     dataset,
     freshness,
@@ -299,16 +300,20 @@ def _refit_all(profile: priors.Profile, settings: sampling.SamplerSettings, as_j
     """`refit --all`: log lines (stderr with --json), the summary, exit 0/1/3, or 4 when another job runs."""
     try:
         keep = schedule.keep_runs()
-    except schedule.SettingError as err:
+        rules = alerts.load()
+    except (schedule.SettingError, alerts.AlertConfigError) as err:
         fail(str(err))
     eng = _engine()
     try:
-        summary = schedule.refit_all(eng, profile, settings, keep, log=lambda line: typer.echo(line, err=as_json))
+        summary = schedule.refit_all(eng, profile, settings, keep, log=lambda line: typer.echo(line, err=as_json),
+                                     alert_config=rules)
     except schedule.Busy as err:
         fail(str(err), schedule.EXIT_BUSY)
     c = summary["counts"]
+    sent = summary["alerts"] + summary["alerts_redelivered"]
     emit(summary, as_json, f"refit --all: {c['published']} published, {c['rejected']} rejected, "
-         f"{c['skipped']} skipped, {c['failed']} failed")
+         f"{c['skipped']} skipped, {c['failed']} failed" + (f"; {len(sent)} alert(s), "
+                                                            f"{sum(a['delivered'] for a in sent)} posted" if sent else ""))
     if summary["exit_code"]:
         raise typer.Exit(summary["exit_code"])
 
@@ -321,6 +326,17 @@ def runs_(theater: str, as_json: bool = typer.Option(False, "--json")):
         fail(f"unknown theater {theater!r}; see `forecast theaters`")
     rows = schedule.history_rows(theater)
     emit(rows, as_json, schedule.history_text(theater, rows))
+
+
+@app.command("alerts")
+def alerts_(theater: Optional[str] = typer.Argument(None, help="theater id (default: every theater)"),
+            as_json: bool = typer.Option(False, "--json")):
+    """The alerts `refit --all` recorded (newest first): rule, P(30 days) before and after, delivery."""
+    if theater is not None and theater not in store.theater_ids(_engine()) \
+            and not any(r.get("theater") == theater for r in alerts.read_log()):
+        fail(f"unknown theater {theater!r}; see `forecast theaters`")
+    rows = alerts.listing(theater)
+    emit(rows, as_json, alerts.listing_text(rows, theater, alerts.config_path()))
 
 
 @app.command("report")

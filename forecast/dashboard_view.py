@@ -6,6 +6,7 @@
 - the priors on screen: the analyst's values as a validated profile, its reweighted
   forecast explained (`forecast.reweight` does the reweighting), saving it;
 - the convergence gate and the run history as tables;
+- the theater's alerts (`forecast.alerts`);
 - export through the report renderer.
 
 Every number comes from a stored run: its forecast document, or its stored draws
@@ -264,6 +265,17 @@ def run_table(history: list[runs.Run]) -> pd.DataFrame:
                      "priors": m["prior_profile"], "max R-hat": d["r_hat_max"], "min ESS": d["ess_bulk_min"],
                      "divergences": d["divergences"], "reason": m.get("reason") or ""})
     return pd.DataFrame(rows)
+
+
+# --- alerts --------------------------------------------------------------------------------
+
+
+def alerts_for(theater: str) -> list[dict]:
+    """The theater's recorded alerts (`forecast alerts THEATER`), newest first, each with `when` and `status`."""
+    from forecast import alerts
+
+    return [{**r, "when": age(r["created_at"]) if r.get("created_at") else "", "status": alerts.status(r)}
+            for r in alerts.listing(theater)]
 
 
 # --- export --------------------------------------------------------------------------------

@@ -14,7 +14,11 @@ latest evidence, the job an operator runs from cron or a systemd timer:
   through a hidden temporary folder renamed into place (`forecast.runs.save`);
 - isolated: an exception in one theater is recorded and the others still run;
 - one log line per theater; exit code 0 (all published or skipped), 3 (some theater's
-  latest fit was rejected), 1 (some theater failed with an error);
+  latest fit was rejected), 1 (some theater failed with an error, or an alert could not be recorded);
+- alerts (`forecast.alerts`): each published run is checked against the theater's previous
+  published run and the rules of alerts.toml; each new alert is recorded in alerts.jsonl, POSTed
+  to the webhook and logged on one line; alerts earlier jobs failed to deliver are posted again
+  first. A webhook that fails never changes the exit code;
 - retention: afterwards every theater under FORECAST_RUNS_DIR keeps its newest
   FORECAST_KEEP_RUNS runs (default 10) plus, always, its latest published run;
   older runs are moved to a hidden folder and deleted (never half-visible), and
@@ -34,7 +38,7 @@ from typing import Callable
 
 import filelock
 
-from forecast import config, dataset, priors, refit, runs, sampling, store
+from forecast import alerts, config, dataset, priors, refit, runs, sampling, store
 from forecast.features import data_hash
 
 LOCK_NAME = ".refit-all.lock"
@@ -88,6 +92,7 @@ class Result:
     as_of: str | None = None
     run_id: str | None = None  # the run made (published or rejected), if any
     current_run_id: str | None = None  # the published run the dashboard and reports show afterwards
+    previous_run_id: str | None = None  # published: the published run it replaced (alerts compare the two)
     data_hash: str | None = None
     prior_hash: str | None = None
     p30: dict | None = None
@@ -133,7 +138,7 @@ def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling
     run = refit.refit(eng, theater, as_of, profile, settings)
     p30 = run.forecast()["prob"]["30"]
     if run.published:
-        return Result(action="published", run_id=run.id, current_run_id=run.id, p30=p30,
+        return Result(action="published", run_id=run.id, current_run_id=run.id, previous_run_id=current, p30=p30,
                       message=f"published run {run.id} as of {as_of}: P(30 days) {p30['mean']:.0%} "
                               f"({run.forecast()['words']})" + (f"; replaces {current}" if current else ""), **base)
     return Result(action="rejected", run_id=run.id, current_run_id=current, p30=p30,
@@ -144,10 +149,13 @@ def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling
 
 def refit_all(eng, profile: priors.Profile | None = None,
               settings: sampling.SamplerSettings = sampling.SamplerSettings(progressbar=False),
-              keep: int | None = None, log: Callable[[str], None] = lambda line: None) -> dict:
-    """The scheduled job. Raises `Busy` if another job holds the lock; returns the summary document."""
+              keep: int | None = None, log: Callable[[str], None] = lambda line: None,
+              alert_config: alerts.Config | None = None) -> dict:
+    """The scheduled job. Raises `Busy` if another job holds the lock (`alerts.AlertConfigError` for a bad
+    alerts file, before any work); returns the summary document."""
     keep = keep if keep is not None else keep_runs()
     profile = profile or priors.load("default")
+    alerter = alerts.Alerter(alert_config if alert_config is not None else alerts.load(), log)
     config.runs_dir().mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(lock_path()))
     try:
@@ -157,6 +165,7 @@ def refit_all(eng, profile: priors.Profile | None = None,
                    f"this one exits without doing anything") from None
     try:
         started = _now()
+        alerter.start(store.theater_ids(eng))
         theaters = open_theaters(eng)
         if not theaters:
             log(f"{_now()} no open theaters to refit (a theater is open while it has no outcome row)")
@@ -175,6 +184,8 @@ def refit_all(eng, profile: priors.Profile | None = None,
             result.seconds = round(time.perf_counter() - clock, 2)
             log(result.line())
             results.append(result)
+            if result.action == "published":
+                alerter.published(theater, result.previous_run_id, result.run_id)
         housekeeping = retain(keep)
         if housekeeping["pruned"] or housekeeping["removed_temporary"]:
             log(f"{_now()} retention (keep {keep} runs per theater): removed {len(housekeeping['pruned'])} old "
@@ -182,7 +193,7 @@ def refit_all(eng, profile: priors.Profile | None = None,
     finally:
         lock.release()
     counts = {a: sum(r.action == a for r in results) for a in ("published", "rejected", "skipped", "failed")}
-    if counts["failed"]:
+    if counts["failed"] or alerter.errors:
         code = EXIT_FAILED
     elif counts["rejected"] or any(r.still_rejected for r in results):
         code = EXIT_REJECTED
@@ -190,7 +201,7 @@ def refit_all(eng, profile: priors.Profile | None = None,
         code = EXIT_OK
     return {"started_at": started, "finished_at": _now(), "prior_profile": profile.name, "prior_hash": profile.hash,
             "keep_runs": keep, "theaters": [asdict(r) for r in results], "counts": counts, **housekeeping,
-            "exit_code": code}
+            **alerter.summary(), "exit_code": code}
 
 
 # --- retention ---------------------------------------------------------------------------
