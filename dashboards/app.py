@@ -15,7 +15,7 @@ import streamlit as st
 from dashboards import charts, live_panel, priors_panel, tabs
 from dashboards.alerts_panel import alerts_section
 from dashboards.refit_panel import refit_controls, refit_jobs, refit_progress
-from forecast import config, dataset, freshness, predict, priors, reweight, runs, store, store_schema
+from forecast import config, dataset, freshness, priors, reweight, runs, store, store_schema, wording
 from forecast import dashboard_view as view
 
 st.set_page_config(page_title="Escalation forecast", page_icon="📈", layout="wide")
@@ -68,7 +68,7 @@ def sidebar(summaries: list[dict]) -> str:
             st.cache_resource.clear()
             st.cache_data.clear()
             st.rerun()
-        st.caption(predict.INTERVAL_MEANING)
+        st.caption(wording.INTERVAL_MEANING)
     return chosen
 
 
@@ -99,8 +99,8 @@ def stale_banner(fresh) -> None:
 def headline(doc: dict, reweighted: reweight.Reweighted, stored: dict, p30_draws) -> None:
     p30 = doc["prob"]["30"]
     top = st.columns([3, 1])
-    top[0].markdown(f"## {doc['words'].capitalize()} to escalate within 30 days — {predict.pct(p30['mean'])}")
-    top[0].markdown(predict.key_judgment(doc))
+    top[0].markdown(f"## {doc['words'].capitalize()} to escalate within 30 days — {wording.pct(p30['mean'])}")
+    top[0].markdown(wording.key_judgment(doc))
     top[1].altair_chart(charts.p30_distribution(*p30_draws), width="stretch")
     top[1].caption("How sure the model is of the 30-day number: its spread over the posterior draws.")
     items = view.headline(doc, stored if reweighted.changed else None)
@@ -116,7 +116,7 @@ def headline(doc: dict, reweighted: reweight.Reweighted, stored: dict, p30_draws
             st.metric("Most likely onset (median)", t["median"], border=True,
                       help="Percentiles of the onset date given escalation within the horizon")
             st.caption(f"10–90%: {t['p10']} → {t['p90']} · if within {t['horizon_days']} days "
-                       f"(P = {predict.pct(t['p_within_horizon'])})")
+                       f"(P = {wording.pct(t['p_within_horizon'])})")
         else:
             st.metric("Most likely onset", "—", border=True)
 

@@ -18,7 +18,7 @@ import streamlit as st
 
 from dashboards import charts
 from forecast import dashboard_view as view
-from forecast import freshness, ingest, live, predict, runs, scenarios, store
+from forecast import freshness, ingest, live, runs, scenarios, store, wording
 from forecast.schema import KINDS, MODEL_BY_KIND, kind_fields
 
 
@@ -124,7 +124,7 @@ def record_panel(eng, theater: str, as_of: str, rows) -> None:
 def live_banner(update: live.LiveForecast, stored: dict) -> None:
     p_new, p_old = update.document["prob"]["30"]["mean"], stored["prob"]["30"]["mean"]
     text = (f"**Instant update — not a stored run.** With the evidence in the store now (as of {update.as_of}), "
-            f"P(30 days) is {predict.pct(p_new)} against the run's {predict.pct(p_old)}. {update.explanation()}")
+            f"P(30 days) is {wording.pct(p_new)} against the run's {wording.pct(p_old)}. {update.explanation()}")
     (st.warning if update.needs_refit else st.info)(text, icon="⚡")
 
 

@@ -11,7 +11,7 @@ import datetime as dt
 import streamlit as st
 
 from dashboards.refit_jobs import RefitJobs, expected_refit_seconds
-from forecast import config, predict, priors
+from forecast import config, priors, wording
 from forecast import dashboard_view as view
 
 
@@ -63,7 +63,7 @@ def refit_progress(theater: str) -> None:
         extra = ""
         if instant is not None:
             refit = job.run.forecast()["prob"]["30"]["mean"]
-            extra = (f" It gives P(30 days) {predict.pct(refit)}; the instant update said {predict.pct(instant)} "
+            extra = (f" It gives P(30 days) {wording.pct(refit)}; the instant update said {wording.pct(instant)} "
                      f"({(refit - instant) * 100:+.1f} points).")
         st.success(job.status() + extra, icon="✅")
     else:

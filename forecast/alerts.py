@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 import forecast
-from forecast import config, predict, runs, safe_write
+from forecast import config, runs, safe_write, wording
 from forecast.alert_rules import (
     CONFIG_ENV,
     CONFIG_NAME,
@@ -91,11 +91,11 @@ def alert_id(theater: str, rule: str, threshold: float, previous_run_id: str, ne
 
 
 def message(rule: str, threshold: float, previous: float, new: float) -> str:
-    change = f"({predict.pct(previous)} -> {predict.pct(new)})"
+    change = f"({wording.pct(previous)} -> {wording.pct(new)})"
     if rule == "p30_above":
-        return f"P(30 days) crossed {predict.pct(threshold)} {change}"
+        return f"P(30 days) crossed {wording.pct(threshold)} {change}"
     if rule == "p30_below":
-        return f"P(30 days) fell below {predict.pct(threshold)} {change}"
+        return f"P(30 days) fell below {wording.pct(threshold)} {change}"
     return f"P(30 days) moved {(new - previous) * 100:+.1f} points {change}, more than {threshold * 100:g}"
 
 

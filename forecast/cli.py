@@ -24,16 +24,14 @@ from forecast import (
     dataset,
     freshness,
     ingest,
-    predict,
     priors,
-    refit,
-    report,
     runs,
     safe_write,
     sampling,
     schedule,
     store,
     store_schema,
+    wording,
 )
 from forecast.cli_errors import ErrorHandlingGroup
 from forecast.features import label
@@ -208,11 +206,11 @@ def _profile(name: str) -> priors.Profile:
 def forecast_text(doc: dict) -> str:
     """The forecast for a terminal: the key judgment, the numbers, the top drivers."""
     lines = [f"{doc['theater']} as of {doc['as_of']}  (run {doc['run_id']}, {doc['status']}, "
-             f"priors {doc['prior_profile']})", "", predict.key_judgment(doc), ""]
+             f"priors {doc['prior_profile']})", "", wording.key_judgment(doc), ""]
     for h, p in doc["prob"].items():
-        lines.append(f"  P(escalation within {h:>2} days) = {predict.pct(p['mean']):>6}   "
-                     f"80% interval {predict.pct(p['lo'])}–{predict.pct(p['hi'])}")
-    lines += ["", "  " + predict.INTERVAL_MEANING, "",
+        lines.append(f"  P(escalation within {h:>2} days) = {wording.pct(p['mean']):>6}   "
+                     f"80% interval {wording.pct(p['lo'])}–{wording.pct(p['hi'])}")
+    lines += ["", "  " + wording.INTERVAL_MEANING, "",
               "  drivers (log-odds of the next day's hazard vs a quiet baseline):",
               f"    {'baseline':22} {doc['baseline_log_odds']['mean']:+.2f}"]
     for d in doc["drivers"]:
@@ -256,6 +254,8 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
     runs.check_writable(theater)  # a read-only runs folder is found now, not after the fit
     settings = sampling.SamplerSettings(draws=draws, tune=tune, chains=chains, sampler=sampler)
     try:
+        from forecast import refit  # the model stack: only the commands that fit import it
+
         run = refit.refit(eng, theater, _as_of(as_of), _profile(prior_profile), settings)
     except dataset.DatasetError as err:
         fail(str(err))
@@ -346,6 +346,8 @@ def report_(theater: str,
                                                   help="file to write (default: THEATER-ASOF-RUNID.FORMAT here)"),
             as_json: bool = typer.Option(False, "--json", help="print what was written as JSON")):
     """Render the latest published forecast of a theater as an HTML, PDF or JSON report."""
+    from forecast import report
+
     if fmt not in report.FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(report.FORMATS)}")
     eng = _engine()

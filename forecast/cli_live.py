@@ -18,7 +18,7 @@ from typing import Optional
 
 import typer
 
-from forecast import ingest, live, predict, runs, store
+from forecast import ingest, runs, store, wording
 from forecast.cli import _engine, _user, app, emit, fail, forecast_text
 from forecast.schema import KINDS
 
@@ -110,6 +110,8 @@ def whatif(theater: str = typer.Argument(..., help="theater id"),
         run = runs.require_published(theater)
     except runs.RunError as err:
         fail(str(err), 1)
+    from forecast import live  # the model stack, for the reweighting
+
     # As of the published run's date, or the latest hypothetical row's (store rows known later stay out).
     day = dt.date.fromisoformat(as_of) if as_of else max([dt.date.fromisoformat(run.manifest["as_of"])]
                                                           + [r.known_on for r in parsed.evidence])
@@ -126,8 +128,8 @@ def whatif(theater: str = typer.Argument(..., help="theater id"),
     lines = ["STORED FORECAST", forecast_text(stored), "", "WHAT IF (hypothetical, not stored):"]
     lines += [f"  + {r.kind} on {r.date}: {r.describe()}" for r in parsed.evidence]
     lines += ["", forecast_text(scenario.document), "", scenario.explanation()]
-    lines += [f"  P(within {h} days): {predict.pct(stored['prob'][h]['mean'])} -> "
-              f"{predict.pct(scenario.document['prob'][h]['mean'])}" for h in stored["prob"]]
+    lines += [f"  P(within {h} days): {wording.pct(stored['prob'][h]['mean'])} -> "
+              f"{wording.pct(scenario.document['prob'][h]['mean'])}" for h in stored["prob"]]
     emit(doc, as_json, "\n".join(lines))
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from forecast import freshness, predict, priors, reweight, runs
+from forecast import freshness, priors, reweight, runs, wording
 from forecast.features import label
 from forecast.schema import Evidence, Theater
 
@@ -100,9 +100,9 @@ def headline(doc: dict, stored: dict | None = None) -> list[dict]:
     out = []
     for h in ("7", "30", "90"):
         p = doc["prob"][h]
-        item = {"horizon": int(h), "label": f"Within {h} days", "value": predict.pct(p["mean"]), "mean": p["mean"],
-                "interval": f"80% interval {predict.pct(p['lo'])}–{predict.pct(p['hi'])}",
-                "words": predict.words(p["mean"]),
+        item = {"horizon": int(h), "label": f"Within {h} days", "value": wording.pct(p["mean"]), "mean": p["mean"],
+                "interval": f"80% interval {wording.pct(p['lo'])}–{wording.pct(p['hi'])}",
+                "words": wording.words(p["mean"]),
                 "delta": None}
         if stored is not None:
             change = (p["mean"] - stored["prob"][h]["mean"]) * 100
@@ -176,8 +176,8 @@ def against_direction(fitted: priors.Profile, shown: priors.Profile, stored: dic
     if change == 0 or abs(moved) < 0.005 or (change > 0) == (moved > 0):
         return None
     way = "Raising" if change > 0 else "Lowering"
-    return (f"{way} the base rate moved the 30-day forecast the other way ({predict.pct(stored['prob']['30']['mean'])}"
-            f" → {predict.pct(doc['prob']['30']['mean'])}). That is the data speaking, not an error: the reference "
+    return (f"{way} the base rate moved the 30-day forecast the other way ({wording.pct(stored['prob']['30']['mean'])}"
+            f" → {wording.pct(doc['prob']['30']['mean'])}). That is the data speaking, not an error: the reference "
             f"class fixes how often build-ups like these escalated, so a {'higher' if change > 0 else 'lower'} "
             f"baseline leaves {'less' if change > 0 else 'more'} of that rate for the indicators to explain, and "
             f"their pushes (Drivers tab) {'shrink' if change > 0 else 'grow'}.")
@@ -185,8 +185,8 @@ def against_direction(fitted: priors.Profile, shown: priors.Profile, stored: dic
 
 def compare_rows(a: dict, b: dict) -> pd.DataFrame:
     """Two forecast documents side by side: each horizon, then each driver's push, and the difference."""
-    rows = [{"what": f"P(within {h} days)", "A": predict.pct(a["prob"][h]["mean"]),
-             "B": predict.pct(b["prob"][h]["mean"]),
+    rows = [{"what": f"P(within {h} days)", "A": wording.pct(a["prob"][h]["mean"]),
+             "B": wording.pct(b["prob"][h]["mean"]),
              "B − A": f"{(b['prob'][h]['mean'] - a['prob'][h]['mean']) * 100:+.1f} pts"} for h in a["prob"]]
     drivers_b = {d["indicator"]: d["log_odds"] for d in b["drivers"]}
     for d in a["drivers"]:

@@ -24,7 +24,7 @@ import datetime as dt
 import numpy as np
 import xarray as xr
 
-from forecast import hazard
+from forecast import hazard, wording
 from forecast.features import INDICATORS, TheaterPanel, build_panel, static_covariates
 from forecast.model import N_PATHS, force_paths
 from forecast.sampling import stacked
@@ -33,37 +33,9 @@ HORIZONS = (7, 30, 90)
 HISTORY_STEP_DAYS = 7
 INTERVAL = (0.1, 0.9)  # 80% intervals
 MAX_DRAWS = 2000
-WORDS = [  # standard estimative language: upper bound of each band
-    (0.05, "almost no chance"), (0.20, "very unlikely"), (0.45, "unlikely"), (0.55, "roughly even"),
-    (0.80, "likely"), (0.95, "very likely"), (1.01, "almost certain"),
-]
-
-
 def iso(day) -> str:
     """YYYY-MM-DD of a datetime64 of any unit (NetCDF round trips turn days into nanoseconds)."""
     return str(np.datetime64(day, "D"))
-
-
-def words(p: float) -> str:
-    return next(word for bound, word in WORDS if p < bound)
-
-
-def pct(p: float | None) -> str:
-    """A probability as an analyst reads it: 31%, 0.4%, < 0.1%, > 99% (never a rounded 0% or 100%)."""
-    if p is None:
-        return "—"
-    if p >= 0.995:
-        return "> 99%"
-    if p < 0.001:
-        return "< 0.1%"
-    if p < 0.01:
-        return f"{p:.1%}"
-    return f"{p:.0%}"
-
-
-INTERVAL_MEANING = ("The 80% interval is the spread of the probability over the model's uncertainty about its "
-                    "own parameters (10th to 90th percentile across posterior draws): how sure the model is of "
-                    "the number, not a second forecast. The number itself is the posterior mean.")
 
 
 # --- per-draw quantities ------------------------------------------------------------------
@@ -241,7 +213,7 @@ def summarise(draws: xr.Dataset, weights: np.ndarray | None = None) -> dict:
     return {
         "as_of": draws.attrs["as_of"],
         "prob": prob,
-        "words": words(prob["30"]["mean"]),
+        "words": wording.words(prob["30"]["mean"]),
         "timing": timing,
         "cumulative": [{"date": iso(d), "mean": round(float(m), 4), "lo": round(float(lo), 4),
                         "hi": round(float(hi), 4)}
@@ -298,18 +270,3 @@ def _timing(curve: np.ndarray, days: np.ndarray) -> dict:
 
     return {"median": at(0.5), "p10": at(0.1), "p90": at(0.9), "horizon_days": horizon,
             "p_within_horizon": round(float(total), 4)}
-
-
-def key_judgment(forecast: dict) -> str:
-    """The one-sentence judgment: words, numbers, most likely window."""
-    p = forecast["prob"]["30"]
-    t = forecast["timing"]
-    text = (f"{forecast['words'].capitalize()} ({pct(p['mean'])}, 80% interval {pct(p['lo'])}–{pct(p['hi'])}) "
-            f"to escalate within 30 days of {forecast['as_of']}")
-    if t["median"]:
-        text += (f"; if it comes within {t['horizon_days']} days, most likely between {t['p10']} and {t['p90']} "
-                 f"(median {t['median']})")
-    return text + "."
-
-
-

@@ -28,29 +28,42 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pymc_extras.prior import Prior
-from scipy import optimize, stats
 
 from forecast import config
 from forecast.features import INDICATORS
+
+if TYPE_CHECKING:  # pymc_extras imports PyMC: only the commands that build a model pay for it
+    from pymc_extras.prior import Prior
 
 BASE_RATE_DAYS = 90
 RANGE_MASS = 0.8  # a stated range holds 80% of the prior
 SPREAD_MASS = 0.9
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
-# Stage 1 (forecast.model): a theater's initial log force level, and the pooled source terms.
-STAGE1_PRIORS = {
-    # wide: from a few hundred to millions of troops
-    "level_start": Prior("Normal", mu=math.log(50_000), sigma=2.0),
-    "bias": Prior("ZeroSumNormal", sigma=0.5, dims="source_type"),
-    # 90% of the prior in [0.21, 0.57] log units: published figures are rounded ("about
-    # 100,000"), so no source type is more precise than ~20%; near-zero noise is a funnel.
-    "noise": Prior("LogNormal", mu=math.log(0.35), sigma=0.3, dims="source_type"),
-    "drift": Prior("HalfNormal", sigma=0.2),  # sd of the weekly change in log level
-}
+@functools.lru_cache(maxsize=1)
+def _stage1_priors() -> dict:
+    """Stage 1 (forecast.model): a theater's initial log force level, and the pooled source terms."""
+    from pymc_extras.prior import Prior
+
+    return {
+        # wide: from a few hundred to millions of troops
+        "level_start": Prior("Normal", mu=math.log(50_000), sigma=2.0),
+        "bias": Prior("ZeroSumNormal", sigma=0.5, dims="source_type"),
+        # 90% of the prior in [0.21, 0.57] log units: published figures are rounded ("about
+        # 100,000"), so no source type is more precise than ~20%; near-zero noise is a funnel.
+        "noise": Prior("LogNormal", mu=math.log(0.35), sigma=0.3, dims="source_type"),
+        "drift": Prior("HalfNormal", sigma=0.2),  # sd of the weekly change in log level
+    }
+
+
+def __getattr__(name: str):
+    """`STAGE1_PRIORS`, built on first use (it needs pymc_extras, hence PyMC)."""
+    if name == "STAGE1_PRIORS":
+        return _stage1_priors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ProfileError(ValueError):
@@ -105,6 +118,8 @@ class Profile:
         a = self.alpha_prior().parameters
         mu, sd = self.beta_priors()
         s = self.spread_prior().parameters["sigma"]
+        from scipy import stats
+
         return (stats.norm.logpdf(alpha, a["mu"], a["sigma"])
                 + stats.norm.logpdf(beta, mu, sd).sum(axis=-1)
                 + stats.halfnorm.logpdf(sigma_theater, scale=s))
@@ -132,8 +147,12 @@ def normal_with_mass(centre: float, low: float, high: float, mass: float = RANGE
     entropy) Normal that still holds `mass` is the one root of mass(sd) = `mass`. It exists
     whenever low < centre < high (profiles are validated so).
     """
+    from scipy import optimize, stats
+
     def excess(sd: float) -> float:
         return stats.norm.cdf((high - centre) / sd) - stats.norm.cdf((low - centre) / sd) - mass
+
+    from pymc_extras.prior import Prior
 
     sigma = optimize.brentq(excess, 1e-9 * (high - low), 1e3 * (high - low), xtol=1e-14, rtol=1e-13)
     return Prior("Normal", mu=float(centre), sigma=float(sigma))
@@ -142,6 +161,9 @@ def normal_with_mass(centre: float, low: float, high: float, mass: float = RANGE
 @functools.lru_cache(maxsize=64)
 def halfnormal_below(bound: float, mass: float = SPREAD_MASS) -> Prior:
     """The HalfNormal with `mass` of its probability below `bound`: sigma = bound / Phi^-1((1 + mass) / 2)."""
+    from pymc_extras.prior import Prior
+    from scipy import stats
+
     return Prior("HalfNormal", sigma=float(bound / stats.norm.ppf((1 + mass) / 2)))
 
 

@@ -54,7 +54,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from forecast import predict, priors, reweight, runs
+from forecast import priors, reweight, runs, wording
 from forecast.features import INDICATORS, label
 
 FORMATS = ("html", "pdf", "json")
@@ -123,14 +123,14 @@ def content(run: runs.Run, evidence_rows, forecast_override: dict | None = None,
         "reweighted": reweighted,
         "hypothetical_rows": hypothetical,
         "forecast_as_of": str(doc["as_of"]),
-        "key_judgment": predict.key_judgment({**doc, "as_of": m["as_of"]}),
+        "key_judgment": wording.key_judgment({**doc, "as_of": m["as_of"]}),
         "forecast": forecast_part,
         "priors": _priors(profile_text),
         "diagnostics": {**diagnostics, "gate": dict(runs.GATE), "gate_failures": runs.gate(diagnostics)},
         "evidence": used,
         "evidence_not_used": later,
         "estimative_language": _bands(),
-        "interval_meaning": predict.INTERVAL_MEANING,
+        "interval_meaning": wording.INTERVAL_MEANING,
     }
 
 
@@ -140,7 +140,7 @@ def _num(value):
 
 def _bands() -> list[dict]:
     out, low = [], 0.0
-    for high, word in predict.WORDS:
+    for high, word in wording.WORDS:
         out.append({"words": word, "from": low, "to": min(high, 1.0)})
         low = high
     return out
@@ -245,7 +245,7 @@ def history_chart(forecast_part: dict) -> str | None:
     ax.scatter([d for d, ok in zip(x, reliable) if not ok], [h["mean"] for h, ok in zip(hist, reliable) if not ok],
                s=14, facecolors="white", edgecolors="#08519c", zorder=3, label="unreliable (Pareto k > 0.7)")
     ax.plot(x, [h.get("hindsight", h["mean"]) for h in hist], color="#888888", ls="--", lw=1, label="in hindsight")
-    for bound, _word in predict.WORDS[:-1]:
+    for bound, _word in wording.WORDS[:-1]:
         ax.axhline(bound, color="#bbbbbb", lw=0.6, ls=":")
     ax.set_ylim(0, 1)
     ax.set_ylabel("P(escalation within 30 days)")
@@ -306,14 +306,14 @@ def drivers_chart(forecast_part: dict) -> str | None:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("forecast", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["pct"] = predict.pct
+    env.filters["pct"] = wording.pct
     env.filters["share"] = lambda p: f"{p:.0%}"  # a band edge or a share, not a forecast
     env.filters["num"] = lambda x, d=2: "—" if x is None else f"{x:,.{d}f}"
     env.filters["signed"] = lambda x: f"{x:+.2f}"
     env.filters["odds"] = lambda x: f"×{math.exp(x):.2f}"
     env.filters["label"] = label
     env.filters["g"] = lambda x: f"{x:g}"
-    env.filters["words"] = predict.words
+    env.filters["words"] = wording.words
     return env
 
 

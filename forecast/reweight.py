@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from forecast import predict, priors
+from forecast import priors
 
 PARETO_K_MAX = 0.7  # above this Pareto k the importance weights are not trustworthy: refit
 MIN_ESS_SHARE = 0.1  # fewer effective draws than this share of all draws: usable but noisy
@@ -114,6 +114,8 @@ class PriorReweighter:
         return psis(profile.log_density(self.alpha, self.beta, self.sigma) - self.log_prior)
 
     def apply(self, profile: priors.Profile) -> Reweighted:
+        from forecast import predict
+
         started = time.perf_counter()
         if same_priors(profile, self.profile):
             return Reweighted(self.stored, False, seconds=time.perf_counter() - started)

@@ -30,12 +30,14 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-import arviz as az
-import xarray as xr
+from typing import TYPE_CHECKING
 
 import forecast
 from forecast import config, safe_write
+
+if TYPE_CHECKING:  # ArviZ and xarray load only when a run's draws are read or written
+    import arviz as az
+    import xarray as xr
 
 GATE = {"r_hat_max": 1.01, "ess_bulk_min": 400, "divergences": 0}
 MANIFEST = "manifest.json"
@@ -164,10 +166,14 @@ class Run:
         return json.loads((self.path / "forecast.json").read_text(encoding="utf-8"))
 
     def draws(self) -> xr.Dataset:
+        import xarray as xr
+
         with xr.open_dataset(self.path / "draws.nc") as ds:
             return ds.load()
 
     def stage(self, n: int) -> az.InferenceData:
+        import arviz as az
+
         return az.from_netcdf(self.path / f"stage{n}.nc")
 
     def profile_text(self) -> str:

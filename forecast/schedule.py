@@ -38,7 +38,7 @@ from typing import Callable
 
 import filelock
 
-from forecast import alerts, config, dataset, priors, refit, runs, sampling, store
+from forecast import alerts, config, dataset, priors, runs, sampling, store
 from forecast.features import data_hash
 
 LOCK_NAME = ".refit-all.lock"
@@ -135,6 +135,8 @@ def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling
                               f"fit would be rejected again: refit by hand with more --draws/--tune; "
                               + (f"published run {current} stays current" if current else "no published forecast"),
                       **base)
+    from forecast import refit  # the model stack: only when a theater is refitted
+
     run = refit.refit(eng, theater, as_of, profile, settings)
     p30 = run.forecast()["prob"]["30"]
     if run.published:

@@ -16,8 +16,6 @@ import types
 import typing
 
 import sqlalchemy as sa
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
 
 from forecast.schema import KINDS, MODEL_BY_KIND, kind_fields
 
@@ -105,8 +103,16 @@ def current_version(conn: sa.Connection) -> int:
     return conn.execute(sa.select(schema_version.c.version)).scalar() or 0
 
 
+def _operations(conn: sa.Connection):
+    """Alembic's schema operations on `conn` (imported here: only an upgrade needs them)."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    return Operations(MigrationContext.configure(conn))
+
+
 def _upgrade_1_to_2(conn: sa.Connection) -> None:
-    ops = Operations(MigrationContext.configure(conn))
+    ops = _operations(conn)
     for table in EVIDENCE_TABLES.values():
         ops.add_column(table.name, sa.Column("date_precision", sa.String(8), nullable=False, server_default="day"))
     evidence_changes.create(conn)
@@ -119,7 +125,7 @@ def _upgrade_2_to_3(conn: sa.Connection) -> None:
 
 
 def _upgrade_3_to_4(conn: sa.Connection) -> None:
-    ops = Operations(MigrationContext.configure(conn))
+    ops = _operations(conn)
     for table in EVIDENCE_TABLES.values():
         for column in _retraction_columns():
             ops.add_column(table.name, column)

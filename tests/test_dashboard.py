@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from forecast import predict
+from forecast import wording
 
 from conftest import FLAGSHIP, REPO
 
@@ -90,8 +90,8 @@ def test_every_tab_shows_the_stored_forecast(fitted_store, no_sampling):
     doc = flagship_run().document()
     at = app()
     assert "Russian build-up" in at.subheader[0].value
-    assert headline(at) == [predict.pct(doc["prob"][h]["mean"]) for h in ("7", "30", "90")]
-    assert f"to escalate within 30 days — {predict.pct(doc['prob']['30']['mean'])}" in texts(at.markdown)
+    assert headline(at) == [wording.pct(doc["prob"][h]["mean"]) for h in ("7", "30", "90")]
+    assert f"to escalate within 30 days — {wording.pct(doc['prob']['30']['mean'])}" in texts(at.markdown)
     assert doc["words"].capitalize() in texts(at.markdown)
     assert f"As of {doc['as_of']}" in texts(at.markdown) and "published" in texts(at.markdown)
     assert doc["run_id"] in texts(at.caption)
@@ -255,7 +255,7 @@ def test_rejected_latest_run_shows_the_last_published_and_why(fitted_store, no_s
     assert published.id in warning
     assert published.id in texts(at.caption)
 
-    assert headline(at)[1] == predict.pct(published.document()["prob"]["30"]["mean"])
+    assert headline(at)[1] == wording.pct(published.document()["prob"]["30"]["mean"])
 
 
 def test_no_run_yet_says_which_command_to_run(initialised_store, no_sampling):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forecast import predict
+from forecast import wording
 
 from conftest import FLAGSHIP, REPO, console_script
 
@@ -99,7 +99,7 @@ def test_screenshot_shows_the_headline_and_charts(dashboard_url, tmp_path):
     from forecast import runs
 
     doc = runs.require_published(FLAGSHIP).document()
-    headline = f"to escalate within 30 days — {predict.pct(doc['prob']['30']['mean'])}"
+    headline = f"to escalate within 30 days — {wording.pct(doc['prob']['30']['mean'])}"
     png, dom = tmp_path / "dashboard.png", tmp_path / "dashboard.html"
     started = time.perf_counter()
     state = _screenshot_module().capture(dashboard_url, png, dom, wait_text=headline, size=(1400, 2000),
@@ -150,7 +150,7 @@ def test_a_link_by_theater_id_opens_that_theater_with_the_number_in_view(dashboa
     from prior_sampling import prior_sample
 
     doc = runs.require_published(FLAGSHIP).document()
-    headline = f"to escalate within 30 days — {predict.pct(doc['prob']['30']['mean'])}"
+    headline = f"to escalate within 30 days — {wording.pct(doc['prob']['30']['mean'])}"
     link = dashboard_url + f"?theater={FLAGSHIP}&tab=Drivers"
     shoot = _screenshot_module().capture
     for step in ("before", "after"):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
-from forecast import model, predict, priors, refit, runs, sampling, simulate, store, store_schema
+from forecast import model, predict, priors, refit, runs, sampling, simulate, store, store_schema, wording
 from forecast.features import INDICATORS, build_panel
 
 FLAGSHIP = "russia-ukraine-2022"
@@ -249,7 +249,7 @@ def test_forecast_document_is_coherent(flagship_run):
     assert doc["prob"]["90"]["mean"] == pytest.approx(curve[-1], abs=1e-4)
     t = doc["timing"]
     assert t["p10"] <= t["median"] <= t["p90"]
-    assert doc["words"] == predict.words(doc["prob"]["30"]["mean"])
+    assert doc["words"] == wording.words(doc["prob"]["30"]["mean"])
     assert doc["history"][-1]["date"] == doc["as_of"] == flagship_run.manifest["as_of"]
     assert doc["history"][-1]["mean"] == pytest.approx(doc["prob"]["30"]["mean"], abs=1e-4)
 
@@ -287,4 +287,4 @@ def test_words_follow_the_estimative_bands():
     cases = {0.01: "almost no chance", 0.1: "very unlikely", 0.3: "unlikely", 0.5: "roughly even",
              0.7: "likely", 0.9: "very likely", 0.99: "almost certain"}
     for p, word in cases.items():
-        assert predict.words(p) == word
+        assert wording.words(p) == word

@@ -13,7 +13,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from forecast import predict
+from forecast import wording
 
 from conftest import FLAGSHIP, REPO
 
@@ -134,7 +134,7 @@ def test_history_is_reweighted_to_each_date_and_says_how(fitted_store):
 @pytest.mark.parametrize("p, text", [(0.999, "> 99%"), (0.995, "> 99%"), (0.9949, "99%"), (0.31, "31%"),
                                      (0.004, "0.4%"), (0.0004, "< 0.1%"), (None, "—")])
 def test_probabilities_are_never_printed_as_a_rounded_certainty(p, text):
-    assert predict.pct(p) == text
+    assert wording.pct(p) == text
 
 
 def test_the_interval_is_explained_where_it_first_appears(fitted_store, tmp_path):

@@ -39,9 +39,9 @@ def _report(cli, fmt: str, tmp_path, *extra) -> bytes:
 
 def _common_parts(text: str, shown: dict) -> None:
     """What every format must say, in its visible text."""
-    from forecast import predict
+    from forecast import wording
 
-    assert predict.key_judgment(shown) in text
+    assert wording.key_judgment(shown) in text
     assert shown["words"] in text
     assert f"{shown['prob']['30']['mean']:.0%}" in text
     assert shown["timing"]["median"] in text and shown["timing"]["p10"] in text and shown["timing"]["p90"] in text
@@ -91,9 +91,9 @@ def test_json_report_holds_the_same_content(fitted_store, tmp_path):
     assert doc["evidence_changed"] is False and doc["reweighted"] is None and shown["stale"]["stale"] is False
     assert doc["run"]["code_version"] == shown["code_version"] and doc["generator_code_version"]
     assert doc["generated_at"] and doc["as_of"] == FLAGSHIP_AS_OF
-    from forecast import predict
+    from forecast import wording
 
-    assert doc["key_judgment"] == predict.key_judgment(shown)
+    assert doc["key_judgment"] == wording.key_judgment(shown)
     for key in ("prob", "words", "timing", "drivers", "history", "cumulative"):
         assert doc["forecast"][key] == shown[key], key
     assert doc["priors"]["profile"] == "default" and doc["priors"]["differs_from_default"] == []
@@ -139,7 +139,7 @@ def test_analyst_markup_is_shown_as_text(fitted_store, tmp_path):
 
 def test_reweighted_export_for_the_dashboard(fitted_store):
     """render() with a reweighted forecast and its profile: the numbers and priors are the override's."""
-    from forecast import predict, priors, report, reweight, runs, store
+    from forecast import predict, priors, report, reweight, runs, store, wording
 
     run = runs.require_published(FLAGSHIP)
     fitted = priors.parse(run.profile_text())
@@ -154,7 +154,7 @@ def test_reweighted_export_for_the_dashboard(fitted_store):
 
     doc = json.loads(report.render(run, rows, "json", forecast_override=override, profile_override_text=text))
     assert doc["forecast"]["prob"] == override["prob"] != run.forecast()["prob"]
-    assert doc["key_judgment"] == predict.key_judgment({**override, "as_of": FLAGSHIP_AS_OF})
+    assert doc["key_judgment"] == wording.key_judgment({**override, "as_of": FLAGSHIP_AS_OF})
     assert doc["reweighted"]["from_run"] == run.id and doc["reweighted"]["pareto_k"] == 0.31
     assert doc["priors"]["profile"] == "hawkish <x>"
     assert doc["priors"]["differs_from_default"] == ["indicators.overstay"]
