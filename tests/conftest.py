@@ -320,6 +320,27 @@ def sampled_store(sampled_flagship_template, initialised_store, runs_dir) -> Cli
     return Cli(initialised_store, runs_dir)
 
 
+# --- example rows ------------------------------------------------------------------------
+
+
+def example_rows(year: int, source: str) -> dict[str, dict]:
+    """One valid row of each kind for a theater starting on 1 January of `year` (import and fuzz tests)."""
+    rows = {
+        "troops": {"kind": "troops", "date": "01-10", "estimate": 5000, "low": 4000, "high": 6000,
+                   "source_type": "media"},
+        "unit_move": {"kind": "unit_move", "date": "01-11", "unit": "1st Brigade", "direction": "arrive",
+                      "home_district": "North", "distance_km": 800},
+        "exercise": {"kind": "exercise", "date": "01-02", "name": "Shield", "start": "01-20", "end": "01-30",
+                     "announced_by": "MoD"},
+        "sign": {"kind": "sign", "date": "01-12", "category": "bridging", "description": "pontoons"},
+        "claim": {"kind": "claim", "date": "01-13", "claim_type": "withdrawal", "verified": False},
+        "outcome": {"kind": "outcome", "date": "03-01", "escalated": False},
+    }
+    dated = ("date", "start", "end")
+    return {kind: {**{k: f"{year}-{v}" if k in dated else v for k, v in row.items()}, "source": source}
+            for kind, row in rows.items()}
+
+
 # --- helpers for tests ----------------------------------------------------------------
 
 

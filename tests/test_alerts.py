@@ -300,6 +300,7 @@ def test_a_crossing_posts_exactly_once(stored_fit, watched, runs_dir, tmp_path, 
         assert "SECRET-TOKEN" not in where  # the webhook's token is never written down
 
 
+@pytest.mark.slow  # several refits through `refit --all`; the fast lane keeps one crossing
 def test_webhook_errors_are_retried(stored_fit, watched, runs_dir, tmp_path, p30, hook):
     rules(runs_dir, hook.url)
     hook.statuses = [500, 503]
@@ -310,6 +311,7 @@ def test_webhook_errors_are_retried(stored_fit, watched, runs_dir, tmp_path, p30
     assert len(hook.received) == 3 and len({h["Idempotency-Key"] for h in hook.headers}) == 1
 
 
+@pytest.mark.slow  # several refits through `refit --all`; the fast lane keeps one crossing
 def test_a_refused_answer_is_not_retried_in_the_same_job(stored_fit, watched, runs_dir, tmp_path, p30, hook):
     rules(runs_dir, hook.url)
     hook.statuses = [404]
@@ -321,6 +323,7 @@ def test_a_refused_answer_is_not_retried_in_the_same_job(stored_fit, watched, ru
     assert any(line.endswith("not posted: HTTP 404 Not Found after 1 attempt") for line in log)
 
 
+@pytest.mark.slow  # several refits through `refit --all`; the fast lane keeps one crossing
 def test_a_webhook_that_is_down_never_fails_the_job(stored_fit, watched, runs_dir, tmp_path, p30):
     rules(runs_dir, f"http://127.0.0.1:{closed_port()}/hook")
     p30 += [0.41, 0.63]
@@ -357,6 +360,7 @@ class Crash(BaseException):
     """The process dies (not an error the job handles)."""
 
 
+@pytest.mark.slow  # several refits through `refit --all`; the fast lane keeps one crossing
 def test_a_crash_between_record_and_post_delivers_later_not_twice(stored_fit, watched, runs_dir, tmp_path, p30,
                                                                   hook, monkeypatch):
     rules(runs_dir, hook.url)
@@ -382,6 +386,7 @@ def test_a_crash_between_record_and_post_delivers_later_not_twice(stored_fit, wa
     assert len(hook.received) == 1 and [r["delivered"] for r in log_records(runs_dir)] == [True]
 
 
+@pytest.mark.slow  # several refits through `refit --all`; the fast lane keeps one crossing
 def test_a_rejected_run_never_alerts_and_the_next_compares_with_the_published_one(
         stored_fit, watched, runs_dir, tmp_path, p30, hook, monkeypatch):
     from forecast import runs
@@ -403,6 +408,7 @@ def test_a_rejected_run_never_alerts_and_the_next_compares_with_the_published_on
     assert alert["new_p30"] == 0.70 and len(hook.received) == 1
 
 
+@pytest.mark.slow  # several refits through `refit --all`; the fast lane keeps one crossing
 def test_move_rule_default_and_no_webhook(stored_fit, watched, runs_dir, tmp_path, p30):
     rules(runs_dir, None, '[theaters."*"]\np30_move = 0.1\n')
     p30 += [0.30, 0.12]
@@ -414,6 +420,7 @@ def test_move_rule_default_and_no_webhook(stored_fit, watched, runs_dir, tmp_pat
                              f"no [webhook] in {runs_dir / 'alerts.toml'}") for line in log)
 
 
+@pytest.mark.slow  # several refits through `refit --all`; the fast lane keeps one crossing
 def test_no_rules_no_alerts(stored_fit, watched, runs_dir, tmp_path, p30):
     p30 += [0.1, 0.9]
     code, summary, _ = cross(watched, tmp_path)
@@ -421,6 +428,7 @@ def test_no_rules_no_alerts(stored_fit, watched, runs_dir, tmp_path, p30):
     assert not (runs_dir / "alerts.jsonl").exists()
 
 
+@pytest.mark.slow  # several refits through `refit --all`; the fast lane keeps one crossing
 def test_a_torn_log_line_is_skipped_and_kept(stored_fit, watched, runs_dir, tmp_path, p30, hook, capsys):
     rules(runs_dir, hook.url)
     (runs_dir / "alerts.jsonl").write_text('{"id": "torn-by-a-cr')  # a write cut short, no newline

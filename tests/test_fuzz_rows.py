@@ -24,19 +24,11 @@ from hypothesis import strategies as st
 from forecast import ingest, store, store_schema, window_rules
 from forecast.schema import FIRST_DAY, KINDS, LAST_DAY
 
+from conftest import example_rows
+
 THEATER = {"kind": "theater", "id": "fuzz-2025", "name": "Fuzz", "actor": "A", "target": "B",
            "start": "2025-01-01", "source": "Test Gazette", "garrison": 1000, "garrison_source": "G"}
-VALID = {
-    "troops": {"kind": "troops", "date": "2025-01-10", "estimate": 5000, "low": 4000, "high": 6000,
-               "source_type": "media", "source": "S"},
-    "unit_move": {"kind": "unit_move", "date": "2025-01-11", "unit": "1st Brigade", "direction": "arrive",
-                  "home_district": "North", "distance_km": 800, "source": "S"},
-    "exercise": {"kind": "exercise", "date": "2025-01-02", "name": "Shield", "start": "2025-01-20",
-                 "end": "2025-01-30", "announced_by": "MoD", "source": "S"},
-    "sign": {"kind": "sign", "date": "2025-01-12", "category": "bridging", "description": "pontoons", "source": "S"},
-    "claim": {"kind": "claim", "date": "2025-01-13", "claim_type": "withdrawal", "verified": False, "source": "S"},
-    "outcome": {"kind": "outcome", "date": "2025-03-01", "escalated": False, "source": "S"},
-}
+VALID = example_rows(2025, "S")
 assert set(VALID) == set(KINDS)
 
 HOSTILE = st.one_of(

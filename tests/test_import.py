@@ -11,7 +11,7 @@ import pytest
 
 from forecast import ingest, store, store_schema
 
-from conftest import all_counts, case_file
+from conftest import all_counts, case_file, example_rows
 
 FLAGSHIP = "russia-ukraine-2022"
 
@@ -212,19 +212,7 @@ def test_bad_file_in_a_folder_rejects_the_whole_batch(initialised_cli, tmp_path)
 
 THEATER_LINE = {"kind": "theater", "id": "testland-2024", "name": "Testland", "actor": "A", "target": "B",
                 "start": "2024-01-01", "source": "Test Gazette"}
-GOOD_ROWS = {
-    "troops": {"kind": "troops", "date": "2024-01-10", "estimate": 5000, "low": 4000, "high": 6000,
-               "source_type": "media", "source": "Test Gazette"},
-    "unit_move": {"kind": "unit_move", "date": "2024-01-11", "unit": "1st Brigade", "direction": "arrive",
-                  "home_district": "North", "distance_km": 800, "source": "Test Gazette"},
-    "exercise": {"kind": "exercise", "date": "2024-01-02", "name": "Shield", "start": "2024-01-20",
-                 "end": "2024-01-30", "announced_by": "MoD", "source": "Test Gazette"},
-    "sign": {"kind": "sign", "date": "2024-01-12", "category": "bridging", "description": "pontoons",
-             "source": "Test Gazette"},
-    "claim": {"kind": "claim", "date": "2024-01-13", "claim_type": "withdrawal", "verified": False,
-              "source": "Test Gazette"},
-    "outcome": {"kind": "outcome", "date": "2024-03-01", "escalated": False, "source": "Test Gazette"},
-}
+GOOD_ROWS = example_rows(2024, "Test Gazette")
 
 BAD_CASES = {
     # id: (row, field the error must name)
