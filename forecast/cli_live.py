@@ -156,6 +156,7 @@ def replay(theater: str = typer.Argument(..., help="a closed case to rehearse on
         fail(f"--until: {cut} is before {theater} starts ({source.start})")
     rows = [r for r in store.load_evidence(eng, theater) if r.kind != "outcome" and r.known_on <= cut]
     declared = {**source.model_dump(mode="json"), "id": new_id, "name": f"{source.name} (replay to {cut})",
+                "replay_of": theater,
                 "notes": f"replay of {theater} with the evidence known by {cut} (`forecast replay`); "
                          + (source.notes or "")}
     records = [declared] + [{**r.model_dump(mode="json"), "theater": new_id} for r in rows]

@@ -54,6 +54,8 @@ def assemble(theaters: list[Theater], evidence: list[Evidence], target: str, as_
     own = by_theater[target]
     as_of = as_of or default_as_of(known[target], own)
     check_as_of(known[target], own, as_of)
+    # A replay rehearses a closed case: that case (its outcome above all) must not teach its own copy.
+    held_out = held_out | {known[target].replay_of} - {None}
     panels = [build_panel(t, by_theater[t.id]) for t in theaters
               if t.id != target and t.id not in held_out and _closed(by_theater[t.id])]
     panels.append(build_panel(known[target], own, cut=as_of))

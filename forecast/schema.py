@@ -123,6 +123,7 @@ class Theater(_Row):
     source: Text
     url: Note | None = None
     notes: Note | None = None
+    replay_of: Slug | None = None  # `forecast replay`: the closed case this open copy rehearses (fits leave it out)
 
     @model_validator(mode="after")
     def _garrison_sourced(self):

@@ -6,6 +6,7 @@ change log, and a schema version. Versions (upgrades are applied in place by `up
   2  adds `date_precision` to every evidence table and the `evidence_changes` log
   3  `row_key` holds the SHA-256 of the natural key (long keys overflowed PostgreSQL's index limit)
   4  `retracted_at`, `retracted_reason`, `retracted_by` on every evidence table (`forecast retract`)
+  5  `replay_of` on theaters: a replayed case (`forecast replay`) names its source, which its fits leave out
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 
 from forecast.schema import KINDS, MODEL_BY_KIND, kind_fields
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 RETRACTION_COLUMNS = ("retracted_at", "retracted_reason", "retracted_by")
 
 metadata = sa.MetaData()
@@ -39,6 +40,7 @@ theaters = sa.Table(
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("url", sa.Text),
     sa.Column("notes", sa.Text),
+    sa.Column("replay_of", sa.String(80)),
 )
 
 evidence_changes = sa.Table(
@@ -131,7 +133,11 @@ def _upgrade_3_to_4(conn: sa.Connection) -> None:
             ops.add_column(table.name, column)
 
 
-UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4}
+def _upgrade_4_to_5(conn: sa.Connection) -> None:
+    _operations(conn).add_column("theaters", sa.Column("replay_of", sa.String(80)))
+
+
+UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4, 4: _upgrade_4_to_5}
 
 
 def upgrade(eng: sa.Engine) -> tuple[int, int]:

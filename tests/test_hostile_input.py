@@ -502,7 +502,7 @@ def test_retraction_upgrades_an_old_store(db_url, cli_any):
     from test_store import _make_v1_store
 
     _make_v1_store(db_url)
-    assert cli_any.json("init")["schema_to"] == store_schema.SCHEMA_VERSION == 4
+    assert cli_any.json("init")["schema_to"] == store_schema.SCHEMA_VERSION == 5
     (sign, *_) = [r for r in cli_any.json("evidence", "testland-2024", "--kind", "sign")]
     cli_any.ok("retract", "testland-2024", sign["row_id"], "--reason", "test")
     assert len(cli_any.json("evidence", "testland-2024", "--kind", "sign")) == 1
@@ -749,7 +749,7 @@ def test_a_v3_store_upgrades_to_v4_in_place(db_url, cli_any):
     with eng.connect() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("ev_troops")}
     assert not set(store_schema.RETRACTION_COLUMNS) & columns
-    assert store_schema.upgrade(eng) == (3, 4)
+    assert store_schema.upgrade(eng) == (3, store_schema.SCHEMA_VERSION)
     with eng.connect() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("ev_troops")}
     assert set(store_schema.RETRACTION_COLUMNS) <= columns

@@ -122,6 +122,7 @@ def test_replay_makes_an_open_theater_that_refits(fitted_store):
     assert not any(r.kind == "outcome" for r in rows)
     run = refit.refit(store.engine(), "rehearsal", None, sample=prior_sample)
     assert run.published and run.manifest["as_of"] == max(str(r.known_on) for r in rows)
+    assert FLAGSHIP not in run.manifest["reference_class"]  # the rehearsed case never teaches its own copy
     assert fitted_store("replay", FLAGSHIP, "--until", "2022-01-15", "--id", "rehearsal").exit_code == 2
 
 

@@ -238,7 +238,7 @@ def _make_v1_store(url: str) -> list:
         with eng.begin() as conn:
             md.create_all(conn)
             conn.execute(md.tables["schema_version"].insert().values(version=1))
-            conn.execute(md.tables["theaters"].insert().values(**theater.model_dump(exclude={"kind"})))
+            conn.execute(md.tables["theaters"].insert().values(**theater.model_dump(exclude={"kind", "replay_of"})))
             for row in rows:
                 values = row.model_dump(exclude={"kind", "date_precision"})
                 conn.execute(md.tables[f"ev_{row.kind}"].insert().values(
@@ -250,10 +250,12 @@ def _make_v1_store(url: str) -> list:
 
 
 def test_v1_lacks_what_upgrades_add():
-    """Guard for the hand-made v1 schema: exactly the current schema minus what UPGRADES add (v2, v4)."""
+    """Guard for the hand-made v1 schema: exactly the current schema minus what UPGRADES add (v2, v4, v5)."""
     assert store_schema.SCHEMA_VERSION >= 2 and 1 in store_schema.UPGRADES
     v1 = _v1_metadata()
     assert set(store_schema.metadata.tables) - set(v1.tables) == {"evidence_changes"}
+    assert {c.name for c in store_schema.theaters.columns} - {c.name for c in v1.tables["theaters"].columns} \
+        == {"replay_of"}
     for kind, table in store_schema.EVIDENCE_TABLES.items():
         assert {c.name for c in table.columns} - {c.name for c in v1.tables[table.name].columns} \
             == {"date_precision", *store_schema.RETRACTION_COLUMNS}, kind
