@@ -107,11 +107,11 @@ def p30_distribution(values: np.ndarray, weights: np.ndarray | None) -> alt.Char
     counts, _ = np.histogram(values, bins=edges, weights=weights)
     frame = pd.DataFrame({"from": edges[:-1], "to": edges[1:], "share": counts / counts.sum()})
     return alt.Chart(frame).mark_bar(color="#1f4e79").encode(
-        x=alt.X("from:Q", bin="binned", title="P(within 30 days) across draws", axis=alt.Axis(format=_PCT)),
+        x=alt.X("from:Q", bin="binned", title=None, axis=alt.Axis(format=_PCT, values=[0, 0.5, 1], labelFontSize=9)),
         x2="to:Q", y=alt.Y("share:Q", title=None, axis=None),
         tooltip=[alt.Tooltip("from:Q", format=".0%", title="from"), alt.Tooltip("to:Q", format=".0%", title="to"),
                  alt.Tooltip("share:Q", format=".1%", title="share of draws")],
-    ).properties(height=90, width="container")
+    ).properties(height=70, width="container")
 
 
 def timing_compare_chart(a: dict, b: dict, names: tuple[str, str]) -> alt.Chart:

@@ -209,7 +209,7 @@ def forecast_text(doc: dict) -> str:
              f"priors {doc['prior_profile']})", "", wording.key_judgment(doc), ""]
     for h, p in doc["prob"].items():
         lines.append(f"  P(escalation within {h:>2} days) = {wording.pct(p['mean']):>6}   "
-                     f"80% interval {wording.pct(p['lo'])}–{wording.pct(p['hi'])}")
+                     f"80% interval {wording.span(p['lo'], p['hi'])}")
     lines += ["", "  " + wording.INTERVAL_MEANING, "",
               "  drivers (log-odds of the next day's hazard vs a quiet baseline):",
               f"    {'baseline':22} {doc['baseline_log_odds']['mean']:+.2f}"]

@@ -101,7 +101,7 @@ def headline(doc: dict, stored: dict | None = None) -> list[dict]:
     for h in ("7", "30", "90"):
         p = doc["prob"][h]
         item = {"horizon": int(h), "label": f"Within {h} days", "value": wording.pct(p["mean"]), "mean": p["mean"],
-                "interval": f"80% interval {wording.pct(p['lo'])}–{wording.pct(p['hi'])}",
+                "interval": f"80% interval {wording.span(p['lo'], p['hi'])}",
                 "words": wording.words(p["mean"]),
                 "delta": None}
         if stored is not None:

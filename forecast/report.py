@@ -307,6 +307,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("forecast", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = wording.pct
+    env.filters["span"] = wording.span
     env.filters["share"] = lambda p: f"{p:.0%}"  # a band edge or a share, not a forecast
     env.filters["num"] = lambda x, d=2: "—" if x is None else f"{x:,.{d}f}"
     env.filters["signed"] = lambda x: f"{x:+.2f}"

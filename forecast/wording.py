@@ -29,6 +29,14 @@ def pct(p: float | None) -> str:
     return f"{p:.0%}"
 
 
+def span(lo: float | None, hi: float | None) -> str:
+    """An interval as an analyst reads it: "14–62%", or "29% to > 99%" when an end is open."""
+    a, b = pct(lo), pct(hi)
+    if a[0] in "<>" or b[0] in "<>":
+        return f"{a} to {b}"
+    return f"{a.removesuffix('%')}–{b}" if a.endswith("%") and b.endswith("%") else f"{a}–{b}"
+
+
 INTERVAL_MEANING = ("The 80% interval is the spread of the probability over the model's uncertainty about its "
                     "own parameters (10th to 90th percentile across posterior draws): how sure the model is of "
                     "the number, not a second forecast. The number itself is the posterior mean.")
@@ -38,7 +46,7 @@ def key_judgment(forecast: dict) -> str:
     """The one-sentence judgment: words, numbers, most likely window."""
     p = forecast["prob"]["30"]
     t = forecast["timing"]
-    text = (f"{forecast['words'].capitalize()} ({pct(p['mean'])}, 80% interval {pct(p['lo'])}–{pct(p['hi'])}) "
+    text = (f"{forecast['words'].capitalize()} ({pct(p['mean'])}, 80% interval {span(p['lo'], p['hi'])}) "
             f"to escalate within 30 days of {forecast['as_of']}")
     if t["median"]:
         text += (f"; if it comes within {t['horizon_days']} days, most likely between {t['p10']} and {t['p90']} "
