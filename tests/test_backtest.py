@@ -187,7 +187,11 @@ def test_held_out_case_cannot_see_its_outcome_or_later_evidence(store_copy, tmp_
             row["date"] = (dt.date.fromisoformat(row["date"]) + dt.timedelta(days=21)).isoformat()
         return row
 
-    cli.ok("import", _rewrite(case, tmp_path, later))
+    from forecast import store
+
+    outcome = next(r for r in store.load_evidence(store.engine(url), case) if r.kind == "outcome")
+    cli.ok("retract", case, store.row_id(outcome), "--reason", "test: the outcome moves three weeks later")
+    cli.ok("import", _rewrite(case, tmp_path, later))  # a stored outcome is replaced only after its retraction
     moved = _forecasts(url, case)
     assert len(moved) == len(before) + 3
     for d in dates:
