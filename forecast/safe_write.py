@@ -24,20 +24,13 @@ class UnsafeTarget(OSError):
     """The path holds something that is not a regular file; nothing was written."""
 
 
+_NOT_REGULAR = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+                (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
 def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "symbolic link"
-    if stat.S_ISDIR(mode):
-        return "folder"
-    if stat.S_ISFIFO(mode):
-        return "FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "special file"
+    """What a file mode that is not a regular file's is, in words."""
+    return next((name for test, name in _NOT_REGULAR if test(mode)), "special file")
 
 
 def check_target(path: Path) -> None:
