@@ -212,7 +212,7 @@ def forecast_text(doc: dict) -> str:
                      f"80% interval {wording.span(p['lo'], p['hi'])}")
     lines += ["", "  " + wording.INTERVAL_MEANING, "",
               "  drivers (log-odds of the next day's hazard vs a quiet baseline):",
-              f"    {'baseline':22} {doc['baseline_log_odds']['mean']:+.2f}"]
+              f"    {'quiet baseline':38} {doc['baseline_log_odds']['mean']:+.2f}"]
     for d in doc["drivers"]:
         if abs(d["log_odds"]) >= 0.01:
             lines.append(f"    {label(d['indicator']):38} {d['log_odds']:+.2f}  [{d['lo']:+.2f}, {d['hi']:+.2f}]")
