@@ -171,3 +171,18 @@ def test_a_link_by_theater_id_opens_that_theater_with_the_number_in_view(dashboa
           wait_text="No theater with id", size=(1024, 768), timeout=150)
     text = missing.read_text(encoding="utf-8")
     assert "atlantis-2099" in text and "to escalate within 30 days" not in text
+
+
+def test_a_row_recorded_after_the_run_moves_the_headline_in_the_browser(dashboard_url, sampled_store, tmp_path):
+    """The live loop as a person sees it: a row recorded after the fit shows the instant update, with its k."""
+    import json
+
+    row = {"kind": "sign", "theater": FLAGSHIP, "date": "2022-02-14", "category": "medical",
+           "description": "Browser test: blood supplies moved forward", "source": "test desk"}
+    sampled_store.ok("add", FLAGSHIP, "--kind", row["kind"], "--date", row["date"], "--source", row["source"],
+                     "--category", row["category"], "--description", row["description"], "--reason", "browser test")
+    png, dom = tmp_path / "live.png", tmp_path / "live.html"
+    _screenshot_module().capture(dashboard_url, png, dom, wait_text="Instant update", size=(1400, 1400), timeout=150)
+    html = dom.read_text(encoding="utf-8")
+    assert "Instant update" in html and "Pareto k" in html and "Stale forecast" in html
+    assert json.loads(sampled_store.ok("show", FLAGSHIP, "--json").stdout)["stale"]["added"] == 1
