@@ -205,10 +205,11 @@ def main() -> None:
     rows = store.load_evidence(eng, theater.id)
     update = None if reweighted.changed else live_panel.instant_update(eng, state, run, rows, fresh)
     if update is None:
-        doc, spread = view.document(run, reweighted.document, profile, reweighted), view.p30_draws(rw.draws, reweighted)
+        doc, spread = (view.document(run, reweighted.document, profile, reweighted),
+                       view.p30_draws(rw.draws, reweighted.weights))
     else:  # the evidence changed since the run: the instant update is what the page shows
-        doc, spread = view.document(run, update.document, profile, reweighted), (
-            update.draws["cumulative"].values[:, 29], update.weights.w)
+        doc, spread = (view.document(run, update.document, profile, reweighted),
+                       view.p30_draws(update.draws, update.weights))
 
     stale_banner(fresh)
     if update is not None:

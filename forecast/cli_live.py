@@ -72,16 +72,12 @@ def add(theater: str = typer.Argument(..., help="theater id"),
                                        + (f": {reason}" if reason else ""), retractions=retractions)
     except ingest.InvalidInput as err:
         _refuse(err, options=True)
-    row = next(r for r in store.load_evidence(eng, theater) if r.key() == _key(record))
+    row = ingest.EVIDENCE_ADAPTER.validate_python(record)  # the row as written (the import validated it so)
     doc = {**result.as_dict(), "row_id": store.row_id(row), "row": row.model_dump(mode="json")}
     emit(doc, as_json, f"{theater}: {row.kind} row {doc['row_id']} recorded ({row.describe()})"
          + (f"; row {replaces} retracted" if replaces else "")
          + f". The published forecast does not include it yet: `forecast whatif` shows its effect at once, "
            f"`forecast refit {theater}` refits.")
-
-
-def _key(record: dict) -> tuple:
-    return ingest.EVIDENCE_ADAPTER.validate_python(record).key()
 
 
 @app.command()
@@ -116,8 +112,8 @@ def whatif(theater: str = typer.Argument(..., help="theater id"),
     day = dt.date.fromisoformat(as_of) if as_of else max([dt.date.fromisoformat(run.manifest["as_of"])]
                                                           + [r.known_on for r in parsed.evidence])
     try:
-        scenario = live.LiveRun(run, theaters[theater], store.load_evidence(eng, theater)).forecast(
-            store.load_evidence(eng, theater) + parsed.evidence, day)
+        stored_rows = store.load_evidence(eng, theater)
+        scenario = live.LiveRun(run, theaters[theater], stored_rows).forecast(stored_rows + parsed.evidence, day)
     except ValueError as err:
         fail(str(err))
     stored = run.document()

@@ -153,10 +153,9 @@ def prior_explanation(reweighted: reweight.Reweighted, n_draws: int) -> str:
             f"Refit with these priors for a real answer ({draws}).")
 
 
-def p30_draws(draws, reweighted: reweight.Reweighted):
+def p30_draws(draws, weights: reweight.Weights | None):
     """Per-draw P(escalation within 30 days) and their weights on screen (None: equal)."""
-    weights = None if reweighted.weights is None else reweighted.weights.w
-    return draws["cumulative"].values[:, 29], weights
+    return draws["cumulative"].values[:, 29], None if weights is None else weights.w
 
 
 def base_rate_problem(base: tuple[float, float, float]) -> str | None:

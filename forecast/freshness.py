@@ -15,20 +15,20 @@ run's data hash (stale or not, without the detail).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 from forecast.features import TheaterPanel, data_hash
+from forecast.store import row_id
+from forecast.store_schema import digest
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+def _content(row) -> str:
+    return digest(row.model_dump_json())[:16]
 
 
 def row_digests(panel: TheaterPanel) -> dict[str, str]:
-    """The panel's rows as {digest of the natural key: digest of the content}."""
-    return {_digest(json.dumps(r.key(), default=str)): _digest(r.model_dump_json()) for r in panel.rows}
+    """The panel's rows as {row id (the store's digest of the natural key): digest of the content}."""
+    return {row_id(r): _content(r) for r in panel.rows}
 
 
 def seen(panels: list[TheaterPanel], target: str) -> dict:
@@ -102,5 +102,4 @@ def in_run(manifest: dict, row) -> bool:
     record = manifest.get("seen")
     if record is None:
         return row.known_on <= dt.date.fromisoformat(manifest["as_of"]) and row.kind != "outcome"
-    key = _digest(json.dumps(row.key(), default=str))
-    return record["target_rows"].get(key) == _digest(row.model_dump_json())
+    return record["target_rows"].get(row_id(row)) == _content(row)

@@ -24,7 +24,7 @@ import datetime as dt
 import numpy as np
 import xarray as xr
 
-from forecast import hazard, wording
+from forecast import hazard, reweight, wording
 from forecast.features import INDICATORS, TheaterPanel, build_panel, static_covariates
 from forecast.model import N_PATHS, force_paths
 from forecast.sampling import stacked
@@ -234,8 +234,6 @@ def history(draws: xr.Dataset, weights: np.ndarray | None = None) -> list[dict]:
     run ("as fitted"). `hindsight` is the same date under the run's own posterior, which knows the
     quiet days that followed. Runs made before 2026-12-01 stored no weights: method "hindsight".
     """
-    from forecast import reweight
-
     values = draws["history_30"].values
     log_w = draws["history_log_weight"].values if "history_log_weight" in draws else None
     w = None if weights is None else weights / weights.sum()
