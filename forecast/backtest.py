@@ -48,14 +48,18 @@ stage is compiled once and later fits swap only the data
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 import sys
 import time
 import zlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-from forecast import dataset, hazard, model, predict, priors, public_record, reweight, runs, scoring, store
+from forecast import dataset, hazard, model, predict, priors, public_record, reweight, runs, sampling, scoring, store
+from forecast.executor import Executor, Serial, WorkerLost
 from forecast.features import STATIC, TheaterPanel, build_panel, troop_obs
 from forecast.reference_class import STEP_DAYS, Case, climatology, load_cases
 from forecast.sampling import COMPILED, SamplerSettings, stacked
@@ -213,6 +217,7 @@ class Options:
     metaculus: bool | None = None  # None: when the flagship's question is in scope
     check_exact: int = 3  # compare this many importance-weighted forecasts with exact as-of refits
     progress: bool = True
+    sample: Callable = sampling.sample  # the sampler call (fast tests pass a prior-draw stand-in)
 
 
 @dataclass
@@ -229,9 +234,8 @@ class Result:
     metaculus: list[dict] = field(default_factory=list)
     questions: list[dict] = field(default_factory=list)
     fits: list[dict] = field(default_factory=list)
-    compiles: int = 0
-    compile_reuses: int = 0
     timing: dict = field(default_factory=lambda: {"compile": 0.0, "sampling": 0.0, "forecast": 0.0})
+    executor: str = "serial (this process)"
     seconds: float = 0.0
 
     def document(self) -> dict:
@@ -255,9 +259,11 @@ class Result:
                               "r_hat_max": max((f["r_hat_max"] for f in self.fits), default=None),
                               "ess_bulk_min": min((f["ess_bulk_min"] for f in self.fits), default=None),
                               "divergences": sum(f["divergences"] for f in self.fits),
-                              "compiles": self.compiles, "compile_reuses": self.compile_reuses,
+                              "compiles": sum(f["compiles"] for f in self.fits),
+                              "compile_reuses": sum(f["compile_reuses"] for f in self.fits),
                               "per_fit": self.fits}
         doc["timing"] = {k: round(v, 1) for k, v in self.timing.items()}
+        doc["executor"] = self.executor
         doc["seconds"] = round(self.seconds, 1)
         return doc
 
@@ -271,77 +277,123 @@ def _exactness(checks: list[dict]) -> dict:
     return summary
 
 
-class Runner:
-    """One backtest: its fits (compiled once, data swapped), their log, the progress bar."""
+@dataclass
+class Context:
+    """What every fit of one backtest needs: sent once to each worker (`forecast.executor`)."""
 
-    def __init__(self, theaters, evidence, result: Result, pad: tuple[int, int], bar):
-        self.theaters, self.evidence, self.result, self.pad, self.bar = theaters, evidence, result, pad, bar
-        self.exact_fits: dict[tuple[str, str], model.Fit] = {}
+    theaters: list
+    evidence: list
+    cases: dict[str, Case]
+    full: dict[str, TheaterPanel]
+    pad: tuple[int, int]
+    profile: priors.Profile
+    settings: SamplerSettings
+    sample: Callable = sampling.sample
 
-    def fit(self, panels, target: str, label: str) -> model.Fit:
-        self.bar.set_postfix_str(label)
-        r = self.result
-        f = model.fit(panels, target, r.profile, r.settings, compiler=COMPILED, stage1_pad=self.pad)
-        diag = model.diagnostics(f)
-        r.timing["compile"] += diag["compile_seconds"]
-        r.timing["sampling"] += diag["sampling_seconds"]
-        r.fits.append({"fit": label, **{k: diag[k] for k in ("r_hat_max", "ess_bulk_min", "divergences",
-                                                             "sampling_seconds", "compile_seconds")}})
-        self.bar.update(1)
-        return f
 
-    def exact_fit(self, cid: str, as_of: dt.date) -> model.Fit:
-        """An exact as-of fit (the case cut at as_of, as `forecast refit --as-of` makes), cached."""
-        key = (cid, as_of.isoformat())
-        if key not in self.exact_fits:
-            panels, _ = dataset.assemble(self.theaters, self.evidence, cid, as_of)
-            self.exact_fits[key] = self.fit(panels, cid, f"exact:{cid}:{as_of}")
-        return self.exact_fits[key]
+@dataclass(frozen=True)
+class ExactJob:
+    """One exact as-of fit (the case cut at as_of, as `forecast refit --as-of` makes) and what it serves:
+    the replacement or check of a weighted forecast (`exact`) and the public record's dates (`until`)."""
 
-    def timed(self, fn, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self.result.timing["forecast"] += time.perf_counter() - t0
-        return out
+    case: str
+    as_of: str
+    exact: bool = False
+    until: tuple[str, ...] = ()
 
-    def loco(self, full: dict[str, TheaterPanel]) -> None:
-        """1. One leave-one-case-out fit per case; importance-weighted forecasts at every as-of date."""
-        r = self.result
-        for cid in r.chosen:
-            f = self.fit(loco_panels(r.cases, full, cid), cid, f"loco:{cid}")
-            r.forecasts += self.timed(loco_forecasts, f, r.cases[cid], r.settings.seed)
-        for f in r.forecasts:
-            f["method"] = "loco-weighted"
+    @property
+    def label(self) -> str:
+        return f"exact:{self.case}:{self.as_of}"
 
-    def replace_unreliable(self, unreliable: list[dict]) -> None:
-        """2. Where the weights are unreliable (Pareto k > PARETO_K_MAX), an exact as-of refit replaces them."""
-        for f in unreliable:
-            fit = self.exact_fit(f["case"], dt.date.fromisoformat(f["as_of"]))
-            f["prob_weighted"], f["prob"] = f["prob"], self.timed(exact_forecast, fit, f["case"],
-                                                                  self.result.settings.seed)
-            f["method"] = "exact-refit"
-        self.result.exact_refits = len(unreliable)
 
-    def check(self, checks: list[dict]) -> None:
-        """Weighted forecasts against exact as-of refits where the weights are reliable."""
-        for f in checks:
-            fit = self.exact_fit(f["case"], dt.date.fromisoformat(f["as_of"]))
-            exact = self.timed(exact_forecast, fit, f["case"], self.result.settings.seed)
-            self.result.exactness.append({
-                "case": f["case"], "as_of": f["as_of"], "pareto_k": f["pareto_k"],
-                "weighted": {h: f["prob"][h]["mean"] for h in exact}, "exact": {h: exact[h]["mean"] for h in exact},
-                "abs_diff": {h: round(abs(f["prob"][h]["mean"] - exact[h]["mean"]), 4) for h in exact}})
+def _fit(ctx: Context, panels, target: str, label: str) -> tuple[model.Fit, dict]:
+    """One fit through this process's compile cache, and its log line for the document."""
+    hits, misses = COMPILED.hits, COMPILED.misses
+    f = model.fit(panels, target, ctx.profile, ctx.settings, compiler=COMPILED, stage1_pad=ctx.pad,
+                  sample=ctx.sample)
+    diag = model.diagnostics(f)
+    log = {"fit": label, **{k: diag[k] for k in ("r_hat_max", "ess_bulk_min", "divergences",
+                                                 "sampling_seconds", "compile_seconds")},
+           "compiles": COMPILED.misses - misses, "compile_reuses": COMPILED.hits - hits,
+           "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    return f, log
 
-    def public(self) -> None:
-        """3. The public record: exact as-of fits of the flagship on the dates of the public figures."""
-        for q in self.result.questions:
-            for pf in q["forecasts"]:
-                as_of, until = dt.date.fromisoformat(pf["date"]), dt.date.fromisoformat(q["resolves_by"])
-                fit = self.exact_fit(q["theater"], as_of)
-                rng = np.random.default_rng(seed_of(self.result.settings.seed, q["theater"], as_of, until))
-                engine = self.timed(public_record.engine_by, fit, q["theater"], as_of, until, rng)
-                log = next(x for x in self.result.fits if x["fit"] == f"exact:{q['theater']}:{as_of}")
-                self.result.metaculus.append(public_record.row(q, pf, engine, log))
+
+def loco_job(cid: str, ctx: Context) -> dict:
+    """1. The leave-one-case-out fit of `cid` and its importance-weighted forecasts at every as-of date."""
+    job_started = time.perf_counter()
+    fit, log = _fit(ctx, loco_panels(ctx.cases, ctx.full, cid), cid, f"loco:{cid}")
+    started = time.perf_counter()
+    forecasts = loco_forecasts(fit, ctx.cases[cid], ctx.settings.seed)
+    for f in forecasts:
+        f["method"] = "loco-weighted"
+    log["job_seconds"] = round(time.perf_counter() - job_started, 2)  # all of it, where it ran
+    return {"forecasts": forecasts, "fit": log, "forecast_seconds": time.perf_counter() - started}
+
+
+def exact_job(job: ExactJob, ctx: Context) -> dict:
+    """2. An exact as-of fit: its forecast (replacing or checking a weighted one) and the public record's dates."""
+    job_started = time.perf_counter()
+    as_of = dt.date.fromisoformat(job.as_of)
+    panels, _ = dataset.assemble(ctx.theaters, ctx.evidence, job.case, as_of)
+    fit, log = _fit(ctx, panels, job.case, job.label)
+    started = time.perf_counter()
+    exact = exact_forecast(fit, job.case, ctx.settings.seed) if job.exact else None
+    engine = {}
+    for until in job.until:
+        rng = np.random.default_rng(seed_of(ctx.settings.seed, job.case, as_of, dt.date.fromisoformat(until)))
+        engine[until] = public_record.engine_by(fit, job.case, as_of, dt.date.fromisoformat(until), rng)
+    log["job_seconds"] = round(time.perf_counter() - job_started, 2)
+    return {"fit": log, "exact": exact, "engine": engine, "forecast_seconds": time.perf_counter() - started}
+
+
+def plan_exact(unreliable: list[dict], checks: list[dict], questions: list[dict]) -> list[ExactJob]:
+    """The exact as-of fits the run needs, each once: replacements, then checks, then the public record's."""
+    exact = dict.fromkeys((f["case"], f["as_of"]) for f in unreliable + checks)
+    until: dict[tuple[str, str], list[str]] = {}
+    for q in questions:
+        for pf in q["forecasts"]:
+            until.setdefault((q["theater"], pf["date"]), []).append(q["resolves_by"])
+    keys = list(dict.fromkeys([*exact, *until]))
+    return [ExactJob(c, d, (c, d) in exact, tuple(dict.fromkeys(until.get((c, d), [])))) for c, d in keys]
+
+
+def _run_jobs(executor: Executor, job, items: list, ctx: Context, result: Result, bar) -> list[dict]:
+    """Every item's output in the items' order (so the document equals the serial run's), logged and counted."""
+    outputs: list[dict | None] = [None] * len(items)
+    for i, outcome in executor.run(job, items, ctx):
+        label = items[i] if isinstance(items[i], str) else items[i].label
+        try:
+            outputs[i] = outcome.get()
+        except WorkerLost as err:
+            raise BacktestError(f"fit {label}: {err}") from None
+        bar.set_postfix_str(label)
+        bar.update(1)
+    for out in outputs:
+        result.fits.append(out["fit"])
+        result.timing["compile"] += out["fit"]["compile_seconds"]
+        result.timing["sampling"] += out["fit"]["sampling_seconds"]
+        result.timing["forecast"] += out["forecast_seconds"]
+    return outputs
+
+
+def _apply_exact(result: Result, jobs: list[ExactJob], outputs: list[dict], unreliable, checks) -> None:
+    """Replace the unreliable weighted forecasts, record the checks and the public record's rows."""
+    by_key = {(j.case, j.as_of): out for j, out in zip(jobs, outputs)}
+    for f in unreliable:
+        f["prob_weighted"], f["prob"] = f["prob"], by_key[f["case"], f["as_of"]]["exact"]
+        f["method"] = "exact-refit"
+    result.exact_refits = len(unreliable)
+    for f in checks:
+        exact = by_key[f["case"], f["as_of"]]["exact"]
+        result.exactness.append({
+            "case": f["case"], "as_of": f["as_of"], "pareto_k": f["pareto_k"],
+            "weighted": {h: f["prob"][h]["mean"] for h in exact}, "exact": {h: exact[h]["mean"] for h in exact},
+            "abs_diff": {h: round(abs(f["prob"][h]["mean"] - exact[h]["mean"]), 4) for h in exact}})
+    for q in result.questions:
+        for pf in q["forecasts"]:
+            out = by_key[q["theater"], pf["date"]]
+            result.metaculus.append(public_record.row(q, pf, out["engine"][q["resolves_by"]], out["fit"]))
 
 
 def _chosen(options: Options, theaters, cases: dict[str, Case]) -> list[str]:
@@ -355,12 +407,15 @@ def _chosen(options: Options, theaters, cases: dict[str, Case]) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def run(eng, options: Options | None = None) -> dict:
-    """Fit, forecast and score; returns the document `forecast backtest --json` prints."""
+def run(eng, options: Options | None = None, executor: Executor | None = None) -> dict:
+    """Fit, forecast and score; returns the document `forecast backtest --json` prints.
+
+    `executor`: where the fits run (`forecast.executor`; default: this process, one after another).
+    """
     from tqdm import tqdm
 
     started = time.perf_counter()
-    options = options or Options()
+    options, executor = options or Options(), executor or Serial()
     theaters, evidence = store.load_theaters(eng), store.load_evidence(eng)
     cases = load_cases(theaters, evidence)
     result = Result(_chosen(options, theaters, cases), cases, options.profile or priors.load("default"),
@@ -372,23 +427,22 @@ def run(eng, options: Options | None = None) -> dict:
     result.questions = [q for q in public["questions"] if q["theater"] in cases
                         and (options.metaculus or (options.metaculus is None and q["theater"] in result.chosen))]
     full = {cid: c.full_panel() for cid, c in cases.items()}
-    planned = {(q["theater"], pf["date"]) for q in result.questions for pf in q["forecasts"]}  # exact as-of fits
-    bar = tqdm(total=len(result.chosen) + len(planned), desc="backtest", unit="fit", file=sys.stderr,
-               disable=not options.progress)
-    hits0, misses0 = COMPILED.hits, COMPILED.misses
-    runner = Runner(theaters, evidence, result, stage1_pad(list(full.values())), bar)
+    ctx = Context(theaters, evidence, cases, full, stage1_pad(list(full.values())), result.profile,
+                  result.settings, options.sample)
+    bar = tqdm(total=len(result.chosen) + len(plan_exact([], [], result.questions)), desc="backtest", unit="fit",
+               file=sys.stderr, disable=not options.progress)
+    bar.set_postfix_str(executor.description)
 
-    runner.loco(full)
+    for out in _run_jobs(executor, loco_job, result.chosen, ctx, result, bar):
+        result.forecasts += out["forecasts"]
     unreliable = [f for f in result.forecasts if (f["pareto_k"] or 0) > reweight.PARETO_K_MAX]
     checks = pick_checks(result.forecasts, options.check_exact)
-    planned |= {(f["case"], f["as_of"]) for f in unreliable + checks}
-    bar.total = len(result.chosen) + len(planned)
+    jobs = plan_exact(unreliable, checks, result.questions)
+    bar.total = len(result.chosen) + len(jobs)
     bar.refresh()
-    runner.replace_unreliable(unreliable)
-    runner.check(checks)
-    runner.public()
+    _apply_exact(result, jobs, _run_jobs(executor, exact_job, jobs, ctx, result, bar), unreliable, checks)
     bar.close()
 
-    result.compiles, result.compile_reuses = COMPILED.misses - misses0, COMPILED.hits - hits0
+    result.executor = executor.description
     result.seconds = time.perf_counter() - started
     return result.document()

@@ -20,6 +20,7 @@ import typer
 
 from forecast import (
     alerts,
+    cli_executor,
     config,
     dataset,
     freshness,
@@ -234,10 +235,13 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
            sampler: str = typer.Option("nutpie", help="nutpie or pymc"),
            all_: bool = typer.Option(False, "--all", help="refit every open theater as of its latest evidence "
                                      "(the scheduled job; skips theaters already up to date)"),
+           workers: Optional[int] = cli_executor.WORKERS, scheduler: Optional[str] = cli_executor.SCHEDULER,
            as_json: bool = typer.Option(False, "--json")):
     """Fit a theater as of a date, gate the fit, store the run and print its forecast."""
     if all_ and (theater is not None or as_of is not None):
         fail("--all refits every open theater as of its latest evidence: give no THEATER and no --as-of")
+    if not all_ and (workers is not None or scheduler):
+        fail("--workers and --scheduler spread the fits of `refit --all`; one theater's refit runs here")
     if theater is None and not all_:
         fail("give a THEATER (or --all)")
     if sampler not in ("nutpie", "pymc"):
@@ -245,8 +249,8 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
     _check_sampling(draws, tune, chains)
     if all_:
         runs.check_writable("")  # a read-only runs folder is found now, not after the fits
-        _refit_all(_profile(prior_profile), sampling.SamplerSettings(draws=draws, tune=tune, chains=chains,
-                                                                     sampler=sampler, progressbar=False), as_json)
+        settings = sampling.SamplerSettings(draws=draws, tune=tune, chains=chains, sampler=sampler, progressbar=False)
+        _refit_all(_profile(prior_profile), settings, as_json, workers, scheduler)
         return
     eng = _engine()
     if theater not in store.theater_ids(eng):
@@ -296,17 +300,19 @@ def show(theater: str, as_json: bool = typer.Option(False, "--json")):
     emit(doc, as_json, text)
 
 
-def _refit_all(profile: priors.Profile, settings: sampling.SamplerSettings, as_json: bool) -> None:
+def _refit_all(profile: priors.Profile, settings: sampling.SamplerSettings, as_json: bool,
+               workers: Optional[int], scheduler: Optional[str]) -> None:
     """`refit --all`: log lines (stderr with --json), the summary, exit 0/1/3, or 4 when another job runs."""
     try:
         keep = schedule.keep_runs()
         rules = alerts.load()
     except (schedule.SettingError, alerts.AlertConfigError) as err:
         fail(str(err))
+    open_executor = cli_executor.chosen(workers, scheduler)
     eng = _engine()
     try:
         summary = schedule.refit_all(eng, profile, settings, keep, log=lambda line: typer.echo(line, err=as_json),
-                                     alert_config=rules)
+                                     alert_config=rules, executor=open_executor)
     except schedule.Busy as err:
         fail(str(err), schedule.EXIT_BUSY)
     c = summary["counts"]
@@ -399,36 +405,8 @@ def dashboard(port: int = typer.Option(8501, "--port", help="port to serve on"),
     os.execv(sys.executable, command)  # Streamlit takes over this process (and its signals)
 
 
-@app.command("backtest")
-def backtest_(case: Optional[list[str]] = typer.Option(None, "--case", help="case id (repeat); default: every closed case"),
-              out: Path = typer.Option(Path("out/backtest"), "--out", help="folder for the CSV, PNG and JSON files"),
-              prior_profile: str = typer.Option("default", "--priors", help="prior profile name or .toml path"),
-              draws: int = typer.Option(sampling.SamplerSettings.draws, help="posterior draws per chain"),
-              tune: int = typer.Option(sampling.SamplerSettings.tune, help="tuning steps per chain"),
-              chains: int = typer.Option(sampling.SamplerSettings.chains),
-              metaculus: Optional[bool] = typer.Option(None, "--metaculus/--no-metaculus",
-                                                       help="flagship vs Metaculus (default: when the flagship is in scope)"),
-              check_exact: int = typer.Option(3, "--check-exact", help="compare N weighted forecasts with exact refits"),
-              as_json: bool = typer.Option(False, "--json")):
-    """Leave-one-case-out forecasts, scores (Brier, skill, log, reliability, AUC) and the Metaculus comparison."""
-    from forecast import backtest, backtest_report
-
-    if min(draws, tune, chains) < 1 or check_exact < 0:
-        fail("--draws, --tune and --chains must be positive, --check-exact not negative")
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out}: is a file; give a folder")
-    settings = sampling.SamplerSettings(draws=draws, tune=tune, chains=chains, progressbar=False)
-    options = backtest.Options(cases=case or None, profile=_profile(prior_profile), settings=settings,
-                               metaculus=metaculus, check_exact=check_exact)
-    try:
-        doc = backtest.run(_engine(), options)
-    except backtest.BacktestError as err:
-        fail(str(err))
-    doc["files"] = backtest_report.write_outputs(doc, out)
-    emit(doc, as_json, backtest_report.text_summary(doc))
-
-
-from forecast import cli_live  # noqa: E402, F401 - registers add, whatif and replay on `app`
+# Registered on `app` by importing them: add, whatif and replay; backtest and sensitivity.
+from forecast import cli_live, cli_study  # noqa: E402, F401
 
 
 def main() -> None:  # pragma: no cover

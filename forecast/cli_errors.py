@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import typer
 from typer.core import TyperGroup
 
-from forecast import config, dataset, priors, runs, safe_write, schedule, store
+from forecast import config, dataset, executor, priors, runs, safe_write, schedule, store
 
 
 def _first_line(err: BaseException) -> str:
@@ -27,7 +27,8 @@ def _classify(err: Exception) -> tuple[int, str] | None:
         return 2, str(err)
     if isinstance(err, UnicodeDecodeError):
         return 2, f"input is not valid UTF-8 (byte {err.start}): save it as UTF-8"
-    if isinstance(err, (store.StoreError, config.SettingsError, schedule.SettingError, runs.RunError)):
+    if isinstance(err, (store.StoreError, config.SettingsError, schedule.SettingError, runs.RunError,
+                        executor.ExecutorError)):
         return 1, str(err)
     if isinstance(err, sa.exc.SQLAlchemyError):
         busy = "; another command holds the store: try again" if "locked" in _first_line(err) else ""

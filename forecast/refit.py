@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 from forecast import dataset, freshness, model, predict, priors, runs, sampling
 from forecast.features import data_hash
@@ -25,13 +26,20 @@ def refit(eng, theater: str, as_of: dt.date | None = None, profile: priors.Profi
     """
     profile = profile or priors.load("default")
     started = dt.datetime.now(dt.timezone.utc)
+    clock = Clock()
     panels, as_of = dataset.from_store(eng, theater, as_of)
+    hashed = data_hash(panels)
+    clock.lap("data")
     fitted = model.fit(panels, theater, profile, settings, sample=sample)
     diagnostics = model.diagnostics(fitted)
     reasons = runs.gate(diagnostics)
+    clock.lap("fit")
 
     draws = predict.draws_for(fitted.panel(theater), fitted.stage1.posterior, fitted.stage2.posterior,
                               seed=settings.seed)
+    clock.lap("prediction")
+    summary = predict.summarise(draws)
+    clock.lap("summary_and_history")
     manifest = {
         "run_id": runs.new_run_id(started),
         "theater": theater,
@@ -41,15 +49,35 @@ def refit(eng, theater: str, as_of: dt.date | None = None, profile: priors.Profi
         "reason": "; ".join(reasons) or None,
         "prior_profile": profile.name,
         "prior_hash": profile.hash,
-        "data_hash": data_hash(panels),
+        "data_hash": hashed,
         "seen": freshness.seen(panels, theater),
         "code_version": runs.code_version(),
         "reference_class": [p.id for p in panels if p.id != theater],
         "sampler": settings.recorded(),
         "stage1_priors": {name: prior.to_dict() for name, prior in priors.STAGE1_PRIORS.items()},
         "diagnostics": diagnostics,
+        "timing": clock.phases(compile=diagnostics["compile_seconds"], sampling=diagnostics["sampling_seconds"]),
     }
-    run = runs.save(theater, manifest, predict.summarise(draws), draws, fitted.stage1, fitted.stage2,
-                    profile.text)
-    log.info("%s as of %s: run %s %s", theater, as_of, run.id, manifest["status"])
+    run = runs.save(theater, manifest, summary, draws, fitted.stage1, fitted.stage2, profile.text)
+    log.info("%s as of %s: run %s %s (written in %.1f s)", theater, as_of, run.id, manifest["status"],
+             clock.lap("writing"))
     return run
+
+
+class Clock:
+    """Wall-clock seconds of a refit's phases, so the next bottleneck is visible (the run's manifest `timing`)."""
+
+    def __init__(self):
+        self.last, self.laps = time.perf_counter(), {}
+
+    def lap(self, phase: str) -> float:
+        now = time.perf_counter()
+        self.laps[phase], self.last = round(now - self.last, 2), now
+        return self.laps[phase]
+
+    def phases(self, compile: float, sampling: float) -> dict:
+        """The laps so far, with the fit split into compile, sampling and the rest (model building, filtering)."""
+        laps = dict(self.laps)
+        fit = laps.pop("fit")
+        return {"data": laps.pop("data"), "compile": compile, "sampling": sampling,
+                "model_and_filtering": round(fit - compile - sampling, 2), **laps}

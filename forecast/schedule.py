@@ -27,6 +27,7 @@ latest evidence, the job an operator runs from cron or a systemd timer:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -39,6 +40,7 @@ from typing import Callable
 import filelock
 
 from forecast import alerts, config, dataset, priors, runs, sampling, store
+from forecast.executor import Executor, Serial
 from forecast.features import data_hash
 
 LOCK_NAME = ".refit-all.lock"
@@ -117,7 +119,8 @@ def _same_fit(manifest: dict, data: str, prior: str, settings: sampling.SamplerS
             and manifest.get("sampler") == settings.recorded() and manifest.get("code_version") == runs.code_version())
 
 
-def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling.SamplerSettings) -> Result:
+def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling.SamplerSettings,
+                  sample=sampling.sample) -> Result:
     """Refit one theater as of its latest evidence unless its published run is up to date."""
     panels, as_of = dataset.from_store(eng, theater, None)
     data = data_hash(panels)
@@ -137,7 +140,7 @@ def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling
                       **base)
     from forecast import refit  # the model stack: only when a theater is refitted
 
-    run = refit.refit(eng, theater, as_of, profile, settings)
+    run = refit.refit(eng, theater, as_of, profile, settings, sample=sample)
     p30 = run.forecast()["prob"]["30"]
     if run.published:
         return Result(action="published", run_id=run.id, current_run_id=run.id, previous_run_id=current, p30=p30,
@@ -149,12 +152,67 @@ def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling
                   **base)
 
 
+@dataclass
+class JobContext:
+    """What every theater's job needs, sent once to each worker."""
+
+    store_url: str
+    profile: priors.Profile
+    settings: sampling.SamplerSettings
+    sample: Callable = sampling.sample
+
+
+def refit_job(theater: str, context: JobContext) -> Result:
+    """One theater's attempt, where the executor runs it: an error becomes a `failed` result, never a raise."""
+    clock = time.perf_counter()
+    eng = store.engine(context.store_url)
+    try:
+        result = refit_theater(eng, theater, context.profile, context.settings, context.sample)
+    except Exception as err:  # one theater's crash must not stop the others
+        result = _failed(theater, f"{type(err).__name__}: {_one_line(err)}", traceback.format_exc())
+    result.seconds = round(time.perf_counter() - clock, 2)
+    return result
+
+
+def _failed(theater: str, message: str, trace: str | None) -> Result:
+    published = runs.latest(theater)
+    return Result(theater, "failed", f"{message}; " + (f"published run {published.id} stays current" if published
+                                                          else "no published forecast"),
+                  current_run_id=published.id if published else None, traceback=trace)
+
+
+def _lost(theater: str, error: BaseException) -> Result:
+    """A job that never returned: its worker died on every attempt (or the cluster failed)."""
+    return _failed(theater, f"{type(error).__name__}: {_one_line(error)}", None)
+
+
+def _refit_each(theaters: list[str], context: JobContext, executor: Callable[[], Executor], alerter, log) -> list:
+    """Every theater's job, logged and alerted as it finishes; the results in the theaters' order."""
+    results = []
+    if not theaters:
+        return results
+    with contextlib.closing(executor()) as where:
+        for i, outcome in where.run(refit_job, theaters, context):
+            result = outcome.value if outcome.error is None else _lost(theaters[i], outcome.error)
+            log(result.line())
+            results.append(result)
+            if result.action == "published":
+                alerter.published(result.theater, result.previous_run_id, result.run_id)
+    return sorted(results, key=lambda r: theaters.index(r.theater))
+
+
 def refit_all(eng, profile: priors.Profile | None = None,
               settings: sampling.SamplerSettings = sampling.SamplerSettings(progressbar=False),
               keep: int | None = None, log: Callable[[str], None] = lambda line: None,
-              alert_config: alerts.Config | None = None) -> dict:
+              alert_config: alerts.Config | None = None, executor: Callable[[], Executor] = Serial,
+              sample=sampling.sample) -> dict:
     """The scheduled job. Raises `Busy` if another job holds the lock (`alerts.AlertConfigError` for a bad
-    alerts file, before any work); returns the summary document."""
+    alerts file, before any work); returns the summary document.
+
+    `executor`: opens where the theaters' fits run (`forecast.executor`; default: here, one after another), once
+    the lock is held. The lock, the log, the alerts and retention stay in this process; each job reads the store
+    and writes its run itself.
+    """
     keep = keep if keep is not None else keep_runs()
     profile = profile or priors.load("default")
     alerter = alerts.Alerter(alert_config if alert_config is not None else alerts.load(), log)
@@ -171,23 +229,8 @@ def refit_all(eng, profile: priors.Profile | None = None,
         theaters = open_theaters(eng)
         if not theaters:
             log(f"{_now()} no open theaters to refit (a theater is open while it has no outcome row)")
-        results = []
-        for theater in theaters:
-            clock = time.perf_counter()
-            try:
-                result = refit_theater(eng, theater, profile, settings)
-            except Exception as err:  # one theater's crash must not stop the others
-                published = runs.latest(theater)
-                result = Result(theater, "failed", f"{type(err).__name__}: {_one_line(err)}; "
-                                + (f"published run {published.id} stays current" if published
-                                   else "no published forecast"),
-                                current_run_id=published.id if published else None,
-                                traceback=traceback.format_exc())
-            result.seconds = round(time.perf_counter() - clock, 2)
-            log(result.line())
-            results.append(result)
-            if result.action == "published":
-                alerter.published(theater, result.previous_run_id, result.run_id)
+        results = _refit_each(theaters, JobContext(eng.url.render_as_string(hide_password=False), profile,
+                                                   settings, sample), executor, alerter, log)
         housekeeping = retain(keep)
         if housekeeping["pruned"] or housekeeping["removed_temporary"]:
             log(f"{_now()} retention (keep {keep} runs per theater): removed {len(housekeeping['pruned'])} old "

@@ -72,6 +72,18 @@ def _isolated_env(monkeypatch, tmp_path, runs_dir):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _main_module_kept():
+    """Every test leaves the interpreter's __main__ as it found it.
+
+    Streamlit's AppTest runs the app as __main__ and leaves it there; worker processes that a later
+    test starts (Dask spawns them) import __main__ first, so they would run the dashboard and die.
+    """
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 # --- stores ---------------------------------------------------------------------------
 
 

@@ -41,3 +41,21 @@ def prior_sample(model, settings, var_names, label, seconds, target_accept, low_
                          sample_stats={"diverging": np.zeros((settings.chains, draws), dtype=bool)})
     seconds[f"{label}_sampling"] = time.perf_counter() - started
     return idata
+
+
+class SlowPriorSample:
+    """`prior_sample` that first sleeps, so a test can kill the worker process mid-fit; picklable for workers.
+
+    Each call writes `<pid>-<time_ns>` into `markers` before sleeping: the test sees which process is sampling.
+    """
+
+    def __init__(self, markers, seconds: float):
+        self.markers, self.seconds = str(markers), seconds
+
+    def __call__(self, *args, **kwargs):
+        import os
+        from pathlib import Path
+
+        Path(self.markers, f"{os.getpid()}-{time.time_ns()}").touch()
+        time.sleep(self.seconds)
+        return prior_sample(*args, **kwargs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,24 @@ def test_diagnostics_recorded_for_every_fit(result):
     check = doc["exactness"]["checks"][0]
     assert f"exact:{check['case']}:{check['as_of']}" in labels and set(check["abs_diff"]) == set(HS)
     assert "backtest" in stderr  # the progress bar
+
+
+@pytest.mark.slow
+def test_a_worker_process_gives_the_serial_forecasts(result, store_copy):
+    """The real sampler on a Dask worker process (its own compile cache): the serial run's numbers exactly."""
+    doc, _, _ = result
+    cli = Cli(sqlite_url_for(store_copy / "forecast.db"), store_copy / "runs")
+    res = cli("backtest", "--case", CASES[0], *SMALL, "--no-metaculus", "--check-exact", "0", "--workers", "1",
+              "--out", store_copy / "on-worker", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert "fits run on: local Dask cluster, 1 worker process" in res.stderr
+    spread = json.loads(res.stdout)
+    serial = [f for f in doc["forecasts"] if f["case"] == CASES[0]]
+    assert [f["prob"] for f in spread["forecasts"]] == [f["prob"] for f in serial]
+    fit = spread["diagnostics"]["per_fit"][0]
+    assert fit["fit"] == f"loco:{CASES[0]}" and not fit["worker"].endswith(f":{os.getpid()}")
+    logged = next(f for f in doc["diagnostics"]["per_fit"] if f["fit"] == fit["fit"])
+    assert (fit["r_hat_max"], fit["ess_bulk_min"]) == (logged["r_hat_max"], logged["ess_bulk_min"])
 
 
 @pytest.mark.slow
