@@ -6,18 +6,19 @@ handed to an executor as a job function, a list of items and one shared
 context (the reference class, the priors, the sampler settings):
 
 - `Serial`: in this process, one item after another; nothing changes for a
-  single user (the process-wide compile cache serves every fit);
+  single user;
 - `Cluster.local(n)`: a Dask `LocalCluster` of n worker processes on
   127.0.0.1 (one thread each: a fit already uses both cores' worth of chains);
 - `Cluster.connect(address)`: an existing Dask scheduler (`--scheduler`, or
   FORECAST_SCHEDULER).
 
 Every job runs under the client's store URL and folders (`_call`), so a worker
-reads the same evidence and writes runs where the client reads them; every worker
-gets a private PyTensor compile directory when it joins (`WorkerSetup`: compiled C
-modules are not safe to share between processes). Each worker process keeps its own compile cache
-(`forecast.sampling.COMPILED`), so it compiles each model graph once and swaps the
-data for every later fit it is given.
+reads the same evidence and writes runs where the client reads them. Every worker
+gets a private PyTensor compile directory when it joins, seeded with a copy of the
+machine's cache (`WorkerSetup`, `private_compiledir`: compilation is not safe to
+share between live processes). Each worker process keeps its own compile cache
+(`forecast.sampling.COMPILED`), so a backtest's worker compiles each model graph
+once and swaps the data for every later fit it is given.
 
 A worker that dies mid-job loses only that job's attempt: the scheduler runs it once
 more elsewhere (`allowed_failures=1` on the clusters this module starts; set
@@ -222,7 +223,9 @@ class Cluster:
 
         if not items:
             return
-        shared = self.client.scatter([(client_environment(), context)], broadcast=True, hash=False)[0]
+        # The context travels inside each task (about 1 MB for the backtest's 57 cases), not scattered once:
+        # scattered data dies with the last worker holding it, and a retry after a death would then fail.
+        shared = (client_environment(), context)
         batch = uuid.uuid4().hex[:8]
         index: dict[str, int] = {}
 

@@ -13,6 +13,9 @@ latest evidence, the job an operator runs from cron or a systemd timer:
   a rejected or crashed run never replaces the published one, and runs are written
   through a hidden temporary folder renamed into place (`forecast.runs.save`);
 - isolated: an exception in one theater is recorded and the others still run;
+- spread out on request: with `--workers N` or `--scheduler ADDRESS` the theaters' fits run in
+  parallel (`forecast.executor`); a worker that dies mid-fit costs that theater's attempt, which is
+  retried once and then recorded as failed, never a published run;
 - one log line per theater; exit code 0 (all published or skipped), 3 (some theater's
   latest fit was rejected), 1 (some theater failed with an error, or an alert could not be recorded);
 - alerts (`forecast.alerts`): each published run is checked against the theater's previous
@@ -154,7 +157,7 @@ def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling
 
 @dataclass
 class JobContext:
-    """What every theater's job needs, sent once to each worker."""
+    """What every theater's job needs, sent with each job to where it runs."""
 
     store_url: str
     profile: priors.Profile

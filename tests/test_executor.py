@@ -50,10 +50,11 @@ class Borrowed:
         pass
 
 
-def _settings():
+def _settings(draws: int = 300):
+    """Prior draws: 300 per chain pass the gate (refits publish); a backtest does not apply the gate."""
     from forecast import sampling
 
-    return sampling.SamplerSettings(draws=300, tune=40, chains=2, progressbar=False)  # enough for the gate
+    return sampling.SamplerSettings(draws=draws, tune=40, chains=2, progressbar=False)
 
 
 # --- the backtest --------------------------------------------------------------------------
@@ -63,7 +64,7 @@ def _settings():
 def test_backtest_on_two_workers_equals_serial(cluster, initialised_store):
     from forecast import backtest, store
 
-    options = backtest.Options(cases=THREE, metaculus=False, check_exact=1, settings=_settings(),
+    options = backtest.Options(cases=THREE, metaculus=False, check_exact=1, settings=_settings(draws=60),
                                sample=prior_sample, progress=False)
     serial = backtest.run(store.engine(initialised_store), options)
     spread = backtest.run(store.engine(initialised_store), options, Borrowed(cluster))
