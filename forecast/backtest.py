@@ -279,7 +279,7 @@ def _exactness(checks: list[dict]) -> dict:
 
 @dataclass
 class Context:
-    """What every fit of one backtest needs: sent once to each worker (`forecast.executor`)."""
+    """What every fit of one backtest needs: sent with each job to where it runs (`forecast.executor`)."""
 
     theaters: list
     evidence: list
@@ -341,8 +341,9 @@ def exact_job(job: ExactJob, ctx: Context) -> dict:
     exact = exact_forecast(fit, job.case, ctx.settings.seed) if job.exact else None
     engine = {}
     for until in job.until:
-        rng = np.random.default_rng(seed_of(ctx.settings.seed, job.case, as_of, dt.date.fromisoformat(until)))
-        engine[until] = public_record.engine_by(fit, job.case, as_of, dt.date.fromisoformat(until), rng)
+        until_day = dt.date.fromisoformat(until)
+        rng = np.random.default_rng(seed_of(ctx.settings.seed, job.case, as_of, until_day))
+        engine[until] = public_record.engine_by(fit, job.case, as_of, until_day, rng)
     log["job_seconds"] = round(time.perf_counter() - job_started, 2)
     return {"fit": log, "exact": exact, "engine": engine, "forecast_seconds": time.perf_counter() - started}
 

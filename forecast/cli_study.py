@@ -39,6 +39,19 @@ def _options(case, draws: int, tune: int, chains: int, metaculus, check_exact: i
     return backtest.Options(cases=case or None, settings=settings, metaculus=metaculus, check_exact=check_exact)
 
 
+def _on_executor(workers: Optional[int], scheduler: Optional[str], work):
+    """`work(eng, executor)` on the executor the options ask for (checked first), closed afterwards."""
+    from forecast import backtest
+
+    open_executor = cli_executor.chosen(workers, scheduler)
+    eng = _engine()
+    try:
+        with contextlib.closing(open_executor()) as executor:
+            return work(eng, executor)
+    except backtest.BacktestError as err:
+        fail(str(err))
+
+
 @app.command("backtest")
 def backtest_(case: Optional[list[str]] = CASES,
               out: Path = typer.Option(Path("out/backtest"), "--out", help="folder for the CSV, PNG and JSON files"),
@@ -51,13 +64,7 @@ def backtest_(case: Optional[list[str]] = CASES,
 
     options = _options(case, draws, tune, chains, metaculus, check_exact, out)
     options.profile = _profile(prior_profile)
-    open_executor = cli_executor.chosen(workers, scheduler)
-    eng = _engine()
-    try:
-        with contextlib.closing(open_executor()) as executor:
-            doc = backtest.run(eng, options, executor)
-    except backtest.BacktestError as err:
-        fail(str(err))
+    doc = _on_executor(workers, scheduler, lambda eng, executor: backtest.run(eng, options, executor))
     doc["files"] = backtest_report.write_outputs(doc, out)
     emit(doc, as_json, backtest_report.text_summary(doc))
 
@@ -73,16 +80,10 @@ def sensitivity_(profiles: list[str] = typer.Option(..., "--profiles", help="pri
                  check_exact: int = CHECK_EXACT, workers: Optional[int] = cli_executor.WORKERS,
                  scheduler: Optional[str] = cli_executor.SCHEDULER, as_json: bool = typer.Option(False, "--json")):
     """The backtest under each prior profile (same cases, settings and seed), scored side by side."""
-    from forecast import backtest, sensitivity
+    from forecast import sensitivity
 
     options = _options(case, draws, tune, chains, metaculus, check_exact, out)
     loaded = [_profile(p) for p in [*profiles, *(more or [])]]  # every profile checked before any fit
-    open_executor = cli_executor.chosen(workers, scheduler)
-    eng = _engine()
-    try:
-        with contextlib.closing(open_executor()) as executor:
-            study = sensitivity.run(eng, loaded, options, executor)
-    except backtest.BacktestError as err:
-        fail(str(err))
+    study = _on_executor(workers, scheduler, lambda eng, executor: sensitivity.run(eng, loaded, options, executor))
     study["files"] = sensitivity.write_outputs(study, out)
     emit({k: v for k, v in study.items() if k != "documents"}, as_json, sensitivity.text(study))

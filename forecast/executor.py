@@ -124,6 +124,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _compiledir_of(pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"{WORKER_COMPILEDIR_PREFIX}{pid}"
+
+
 def private_compiledir(pid: int | None = None) -> Path:
     """A compile directory for one worker process, seeded with a copy of this machine's cache.
 
@@ -132,12 +136,11 @@ def private_compiledir(pid: int | None = None) -> Path:
     Directories of processes that are gone (killed workers) are removed first.
     """
     pid = pid or os.getpid()
-    root = Path(tempfile.gettempdir())
-    for old in root.glob(f"{WORKER_COMPILEDIR_PREFIX}*"):
+    for old in Path(tempfile.gettempdir()).glob(f"{WORKER_COMPILEDIR_PREFIX}*"):
         suffix = old.name[len(WORKER_COMPILEDIR_PREFIX):]
         if suffix.isdigit() and int(suffix) != pid and not _alive(int(suffix)):
             shutil.rmtree(old, ignore_errors=True)
-    target = root / f"{WORKER_COMPILEDIR_PREFIX}{pid}"
+    target = _compiledir_of(pid)
     source = _default_compiledir()
     if not target.exists() and source.is_dir():
         shutil.copytree(source, target, symlinks=True, ignore_dangling_symlinks=True,
@@ -161,8 +164,7 @@ def _worker_setup_class():
                 os.environ["PYTENSOR_FLAGS"] = ",".join([*flags, f"base_compiledir={private_compiledir()}"])
 
         def teardown(self, worker):
-            shutil.rmtree(Path(tempfile.gettempdir()) / f"{WORKER_COMPILEDIR_PREFIX}{os.getpid()}",
-                          ignore_errors=True)
+            shutil.rmtree(_compiledir_of(os.getpid()), ignore_errors=True)
 
     return WorkerSetup
 
