@@ -32,15 +32,16 @@ def live_run(run_path: str, _eng_url: str) -> live.LiveRun:
 
 
 def _widget(kind: str, name: str, key: str):
-    """The input for one field of a kind, from the schema's type."""
-    inner = MODEL_BY_KIND[kind].model_fields[name].annotation
+    """The input for one field of a kind, from the schema's type (an optional choice starts unset)."""
+    field = MODEL_BY_KIND[kind].model_fields[name]
+    inner = field.annotation
     if typing.get_origin(inner) in (typing.Union, types.UnionType):  # Optional[X] -> X
         inner = next(a for a in typing.get_args(inner) if a is not type(None))
     if typing.get_origin(inner) is typing.Annotated:
         inner = typing.get_args(inner)[0]
     label = name.replace("_", " ")
     if typing.get_origin(inner) is typing.Literal:
-        return st.selectbox(label, typing.get_args(inner), key=key)
+        return st.selectbox(label, typing.get_args(inner), key=key, index=0 if field.is_required() else None)
     if inner is bool:
         return st.checkbox(label, key=key)
     if inner is float:

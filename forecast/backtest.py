@@ -122,7 +122,7 @@ def loco_forecasts(fit: model.Fit, case: Case, seed: int) -> list[dict]:
     out = []
     for as_of in case.as_of_dates():
         rng = np.random.default_rng(seed_of(seed, case.id, as_of))
-        panel = build_panel(case.theater, case.rows, cut=as_of)  # rows carry no outcome
+        panel = build_panel(case.theater, case.rows, cut=as_of, reading=fit.profile.reading)  # rows carry no outcome
         z = rng.standard_normal((n, Z_PER_DRAW))
 
         # The days so far: no escalation. Likelihood as in the fit, over fixed imputation paths.
@@ -176,8 +176,8 @@ def pick_checks(forecasts: list[dict], n: int) -> list[dict]:
 # --- scores -------------------------------------------------------------------------------------
 
 
-def score(forecasts: list[dict], cases: dict[str, Case]) -> dict:
-    """Every score per horizon (`forecast.scoring`), plus the per-case table."""
+def observe(forecasts: list[dict], cases: dict[str, Case]) -> None:
+    """Each forecast's outcome at every horizon and its leave-one-case-out climatology, in place."""
     clim = {(cid, h): climatology(cases, cid, h) for cid in {f["case"] for f in forecasts} for h in HORIZONS}
     for f in forecasts:
         case = cases[f["case"]]
@@ -185,6 +185,10 @@ def score(forecasts: list[dict], cases: dict[str, Case]) -> dict:
         f["observed"] = {str(h): case.observed(as_of, h) for h in HORIZONS}
         f["climatology"] = {str(h): round(clim[case.id, h], 4) for h in HORIZONS}
 
+
+def score(forecasts: list[dict], cases: dict[str, Case]) -> dict:
+    """Every score per horizon (`forecast.scoring`), plus the per-case table."""
+    observe(forecasts, cases)
     doc = scoring.metrics(forecasts, "prob", HORIZON_KEYS)
     doc["brier_skill_interval"] = scoring.skill_interval(forecasts, "prob", HORIZON_KEYS)
     doc["population"] = {k: v for k, v in scoring.metrics(forecasts, "prob_population", HORIZON_KEYS).items()
@@ -254,18 +258,22 @@ class Result:
         doc["exactness"] = _exactness(self.exactness)
         doc["forecasts"] = self.forecasts
         doc["metaculus"] = public_record.section(self.metaculus, self.questions)
-        failing = [f for f in self.fits if runs.gate(f)]
-        doc["diagnostics"] = {"fits": len(self.fits), "failing_gate": len(failing),
-                              "r_hat_max": max((f["r_hat_max"] for f in self.fits), default=None),
-                              "ess_bulk_min": min((f["ess_bulk_min"] for f in self.fits), default=None),
-                              "divergences": sum(f["divergences"] for f in self.fits),
-                              "compiles": sum(f["compiles"] for f in self.fits),
-                              "compile_reuses": sum(f["compile_reuses"] for f in self.fits),
-                              "per_fit": self.fits}
+        doc["diagnostics"] = fit_summary(self.fits)
         doc["timing"] = {k: round(v, 1) for k, v in self.timing.items()}
         doc["executor"] = self.executor
         doc["seconds"] = round(self.seconds, 1)
         return doc
+
+
+def fit_summary(fits: list[dict]) -> dict:
+    """Convergence over every fit of a study: how many fail the gate, worst R-hat and ESS, compiles."""
+    return {"fits": len(fits), "failing_gate": sum(bool(runs.gate(f)) for f in fits),
+            "r_hat_max": max((f["r_hat_max"] for f in fits), default=None),
+            "ess_bulk_min": min((f["ess_bulk_min"] for f in fits), default=None),
+            "divergences": sum(f["divergences"] for f in fits),
+            "compiles": sum(f["compiles"] for f in fits),
+            "compile_reuses": sum(f["compile_reuses"] for f in fits),
+            "per_fit": fits}
 
 
 def _exactness(checks: list[dict]) -> dict:
@@ -311,12 +319,15 @@ def _fit(ctx: Context, panels, target: str, label: str) -> tuple[model.Fit, dict
     hits, misses = COMPILED.hits, COMPILED.misses
     f = model.fit(panels, target, ctx.profile, ctx.settings, compiler=COMPILED, stage1_pad=ctx.pad,
                   sample=ctx.sample)
+    return f, fit_log(f, label, COMPILED.hits - hits, COMPILED.misses - misses)
+
+
+def fit_log(f: model.Fit, label: str, reuses: int, compiles: int) -> dict:
+    """A fit's line in a study's document: convergence, seconds, compiles, where it ran."""
     diag = model.diagnostics(f)
-    log = {"fit": label, **{k: diag[k] for k in ("r_hat_max", "ess_bulk_min", "divergences",
-                                                 "sampling_seconds", "compile_seconds")},
-           "compiles": COMPILED.misses - misses, "compile_reuses": COMPILED.hits - hits,
-           "worker": f"{socket.gethostname()}:{os.getpid()}"}
-    return f, log
+    return {"fit": label, **{k: diag[k] for k in ("r_hat_max", "ess_bulk_min", "divergences",
+                                                  "sampling_seconds", "compile_seconds")},
+            "compiles": compiles, "compile_reuses": reuses, "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def loco_job(cid: str, ctx: Context) -> dict:
@@ -335,7 +346,7 @@ def exact_job(job: ExactJob, ctx: Context) -> dict:
     """2. An exact as-of fit: its forecast (replacing or checking a weighted one) and the public record's dates."""
     job_started = time.perf_counter()
     as_of = dt.date.fromisoformat(job.as_of)
-    panels, _ = dataset.assemble(ctx.theaters, ctx.evidence, job.case, as_of)
+    panels, _ = dataset.assemble(ctx.theaters, ctx.evidence, job.case, as_of, reading=ctx.profile.reading)
     fit, log = _fit(ctx, panels, job.case, job.label)
     started = time.perf_counter()
     exact = exact_forecast(fit, job.case, ctx.settings.seed) if job.exact else None
@@ -397,9 +408,10 @@ def _apply_exact(result: Result, jobs: list[ExactJob], outputs: list[dict], unre
             result.metaculus.append(public_record.row(q, pf, out["engine"][q["resolves_by"]], out["fit"]))
 
 
-def _chosen(options: Options, theaters, cases: dict[str, Case]) -> list[str]:
+def chosen_cases(asked: list[str] | None, theaters, cases: dict[str, Case]) -> list[str]:
+    """The cases a study runs (`--case`, default every closed case), each checked."""
     known = {t.id for t in theaters}
-    chosen = options.cases or list(cases)
+    chosen = asked or list(cases)
     for cid in chosen:
         if cid not in known:
             raise BacktestError(f"--case {cid}: unknown theater; see `forecast theaters`")
@@ -419,7 +431,7 @@ def run(eng, options: Options | None = None, executor: Executor | None = None) -
     options, executor = options or Options(), executor or Serial()
     theaters, evidence = store.load_theaters(eng), store.load_evidence(eng)
     cases = load_cases(theaters, evidence)
-    result = Result(_chosen(options, theaters, cases), cases, options.profile or priors.load("default"),
+    result = Result(chosen_cases(options.cases, theaters, cases), cases, options.profile or priors.load("default"),
                     options.settings)
     try:
         public = public_record.load()
@@ -427,7 +439,7 @@ def run(eng, options: Options | None = None, executor: Executor | None = None) -
         raise BacktestError(str(err)) from None
     result.questions = [q for q in public["questions"] if q["theater"] in cases
                         and (options.metaculus or (options.metaculus is None and q["theater"] in result.chosen))]
-    full = {cid: c.full_panel() for cid, c in cases.items()}
+    full = {cid: c.full_panel(result.profile.reading) for cid, c in cases.items()}
     ctx = Context(theaters, evidence, cases, full, stage1_pad(list(full.values())), result.profile,
                   result.settings, options.sample)
     bar = tqdm(total=len(result.chosen) + len(plan_exact([], [], result.questions)), desc="backtest", unit="fit",

@@ -132,6 +132,42 @@ def _plot_metaculus(doc: dict) -> bytes:
     return _png(fig)
 
 
+SCORE_COLUMNS = ("brier", "brier_skill", "log_score", "ece", "auc", "false_alarm_share")
+
+
+def score_table(rows: list[dict], horizons, name: str, tag: str) -> list[str]:
+    """Scores side by side for a terminal: one line per row and horizon (`name`, `tag`: the rows' label keys)."""
+    lines = [f"  {name:22} {tag.replace('_', ' '):16} {'h':>3} {'Brier':>7} {'skill':>7} {'90% (cases)':>17} "
+             f"{'log':>7} {'ECE':>6} {'AUC':>6} {'false al.':>9}"]
+    for r in rows:
+        for h in map(str, horizons):
+            ci = r["brier_skill_interval"][h]
+            lines.append(f"  {r[name]:22} {str(r[tag]):16} {h:>3} {_num(r['brier'][h], '7.3f')} "
+                         f"{_num(r['brier_skill'][h], '+7.3f')} {_num(ci['lo'], '+8.3f')} to {_num(ci['hi'], '+.3f')} "
+                         f"{_num(r['log_score'][h], '7.3f')} {_num(r['ece'][h], '6.3f')} {_num(r['auc'][h], '6.2f')} "
+                         f"{_num(r['false_alarm_share'][h], '9.0%')}")
+    return lines
+
+
+def score_csv(rows: list[dict], horizons, name: str, tag: str) -> str:
+    """The same table as CSV: one line per row and horizon."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([name, tag, "horizon", *SCORE_COLUMNS, "skill_lo", "skill_hi", "n_forecasts"])
+    for r in rows:
+        for h in map(str, horizons):
+            ci = r["brier_skill_interval"][h]
+            writer.writerow([r[name], r[tag], h, *(r[c][h] for c in SCORE_COLUMNS), ci["lo"], ci["hi"],
+                             r["n_forecasts"]])
+    return buffer.getvalue()
+
+
+def _num(value, spec: str) -> str:
+    """A score as the table prints it; "n/a" where it is undefined (no alarm raised, one class only...)."""
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return f"{'n/a':>{width or 0}}" if value is None else format(value, spec)
+
+
 def text_summary(doc: dict) -> str:
     """The scores for a terminal."""
     lines = [f"backtest: {len(doc['cases'])} cases, {doc['n_forecasts']} leave-one-case-out forecasts, "

@@ -50,6 +50,8 @@ def add(theater: str = typer.Argument(..., help="theater id"),
         announced_by: Optional[str] = typer.Option(None),
         category: Optional[str] = typer.Option(None, help="sign: medical, bridging, fuel_ammo, ..."),
         description: Optional[str] = typer.Option(None, help="sign: what was seen"),
+        credibility: Optional[str] = typer.Option(None, help="sign, unit_move: confirmed, single_source, party, "
+                                                  "denied (data/FORMAT.md)"),
         claim_type: Optional[str] = typer.Option(None, help="claim: withdrawal, de_escalation, exercise_ending"),
         verified: Optional[bool] = typer.Option(None, "--verified/--unverified", help="claim"),
         verified_by: Optional[str] = typer.Option(None),

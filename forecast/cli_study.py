@@ -1,6 +1,7 @@
 """The study commands of `forecast`: how good the engine is, and how much its priors matter.
 
 - `forecast backtest [--case ID ...]`: leave-one-case-out forecasts and their scores (`forecast.backtest`);
+  `--select`: nested selection of the evidence reading, with baselines (`forecast.selection`);
 - `forecast sensitivity --profiles A B C`: that backtest under each prior profile, one table
   (`forecast.sensitivity`).
 
@@ -58,12 +59,30 @@ def backtest_(case: Optional[list[str]] = CASES,
               prior_profile: str = typer.Option("default", "--priors", help="prior profile name or .toml path"),
               draws: int = DRAWS, tune: int = TUNE, chains: int = CHAINS, metaculus: Optional[bool] = METACULUS,
               check_exact: int = CHECK_EXACT, workers: Optional[int] = cli_executor.WORKERS,
-              scheduler: Optional[str] = cli_executor.SCHEDULER, as_json: bool = typer.Option(False, "--json")):
-    """Leave-one-case-out forecasts, scores (Brier, skill, log, reliability, AUC) and the Metaculus comparison."""
-    from forecast import backtest, backtest_report
+              scheduler: Optional[str] = cli_executor.SCHEDULER,
+              select: bool = typer.Option(False, "--select", help="nested selection among every candidate reading "
+                                          "of models/candidates.toml, baselines in the same run"),
+              candidate: Optional[list[str]] = typer.Option(None, "--candidate", help="with --select: only this "
+                                                            "candidate (repeat); baselines always run"),
+              as_json: bool = typer.Option(False, "--json")):
+    """Leave-one-case-out forecasts, scores (Brier, skill, log, reliability, AUC) and the Metaculus comparison.
+
+    With --select: nested selection of the evidence reading among models/candidates.toml, with the
+    baselines in the same run (forecast.selection)."""
+    from forecast import backtest, backtest_report, selection
 
     options = _options(case, draws, tune, chains, metaculus, check_exact, out)
     options.profile = _profile(prior_profile)
+    if select or candidate:
+        try:
+            candidates = selection.load_candidates(options.profile, candidate or None)
+        except backtest.BacktestError as err:
+            fail(str(err))
+        doc = _on_executor(workers, scheduler,
+                           lambda eng, executor: selection.run(eng, options, candidates, executor))
+        doc["files"] = selection.write_outputs(doc, out)
+        emit(doc, as_json, selection.text(doc))
+        return
     doc = _on_executor(workers, scheduler, lambda eng, executor: backtest.run(eng, options, executor))
     doc["files"] = backtest_report.write_outputs(doc, out)
     emit(doc, as_json, backtest_report.text_summary(doc))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 from forecast import store
-from forecast.features import TheaterPanel, build_panel
+from forecast.features import READING, Reading, TheaterPanel, build_panel
 from forecast.schema import Evidence, Theater
 
 
@@ -43,8 +43,9 @@ def check_as_of(theater: Theater, evidence: list[Evidence], as_of: dt.date) -> N
 
 
 def assemble(theaters: list[Theater], evidence: list[Evidence], target: str, as_of: dt.date | None,
-             held_out: frozenset[str] = frozenset()) -> tuple[list[TheaterPanel], dt.date]:
-    """Panels for a fit of `target` as of `as_of` (default: its latest evidence); target panel last."""
+             held_out: frozenset[str] = frozenset(), reading: Reading = READING) -> tuple[list[TheaterPanel], dt.date]:
+    """Panels for a fit of `target` as of `as_of` (default: its latest evidence), read by the profile's
+    `reading`; target panel last."""
     by_theater: dict[str, list[Evidence]] = {t.id: [] for t in theaters}
     for row in evidence:
         by_theater[row.theater].append(row)
@@ -56,9 +57,9 @@ def assemble(theaters: list[Theater], evidence: list[Evidence], target: str, as_
     check_as_of(known[target], own, as_of)
     # A replay rehearses a closed case: that case (its outcome above all) must not teach its own copy.
     held_out = held_out | {known[target].replay_of} - {None}
-    panels = [build_panel(t, by_theater[t.id]) for t in theaters
+    panels = [build_panel(t, by_theater[t.id], reading=reading) for t in theaters
               if t.id != target and t.id not in held_out and _closed(by_theater[t.id])]
-    panels.append(build_panel(known[target], own, cut=as_of))
+    panels.append(build_panel(known[target], own, cut=as_of, reading=reading))
     return panels, as_of
 
 
@@ -66,5 +67,6 @@ def _closed(rows: list[Evidence]) -> bool:
     return any(r.kind == "outcome" for r in rows)
 
 
-def from_store(eng, target: str, as_of: dt.date | None, held_out: frozenset[str] = frozenset()):
-    return assemble(store.load_theaters(eng), store.load_evidence(eng), target, as_of, held_out)
+def from_store(eng, target: str, as_of: dt.date | None, held_out: frozenset[str] = frozenset(),
+               reading: Reading = READING):
+    return assemble(store.load_theaters(eng), store.load_evidence(eng), target, as_of, held_out, reading)

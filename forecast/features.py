@@ -37,19 +37,71 @@ INDICATOR_LABELS = {
     "overstay": ("Overstay after exercise end", "1 once an exercise's scheduled end passed with no verified withdrawal"),
     "unit_arrivals": ("Unit arrivals (net, distance-weighted)",
                       "signed log(1 + net arrivals since the start, each weighted 1 + km / 1000)"),
-    "sign_medical": ("Medical / blood supplies", "log2(1 + fading report weights)"),
-    "sign_bridging": ("Bridging equipment", "log2(1 + fading report weights)"),
-    "sign_fuel_ammo": ("Fuel / ammunition stocks", "log2(1 + fading report weights)"),
-    "sign_reserve_callup": ("Reserve call-up", "log2(1 + fading report weights)"),
-    "sign_air_defence": ("Air defence / aircraft forward", "log2(1 + fading report weights)"),
-    "sign_evacuation": ("Evacuation / embassy drawdown", "log2(1 + fading report weights)"),
-    "sign_ultimatum": ("Ultimatum / recognition", "log2(1 + fading report weights)"),
+    "sign_medical": ("Medical / blood supplies", "log2(1 + report weights over time)"),
+    "sign_bridging": ("Bridging equipment", "log2(1 + report weights over time)"),
+    "sign_fuel_ammo": ("Fuel / ammunition stocks", "log2(1 + report weights over time)"),
+    "sign_reserve_callup": ("Reserve call-up", "log2(1 + report weights over time)"),
+    "sign_air_defence": ("Air defence / aircraft forward", "log2(1 + report weights over time)"),
+    "sign_evacuation": ("Evacuation / embassy drawdown", "log2(1 + report weights over time)"),
+    "sign_ultimatum": ("Ultimatum / recognition", "log2(1 + report weights over time)"),
     "claim_unverified": ("Unverified withdrawal claim", "1 once such a claim is made"),
     "claim_verified": ("Verified withdrawal", "1 once a withdrawal is confirmed by an independent party"),
 }
 FORCE_GROWTH_DAYS = 28
 NEVER = np.datetime64("9999-12-31")
 SIGN_HALF_LIFE_WEEKS = 12  # a sign not reported again fades to half its weight in twelve weeks
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How sign and unit-move rows become covariates: the candidate readings of issue 18.
+
+    A profile states its reading (`forecast.priors`, the `[reading]` table); nested selection
+    (`forecast.selection`) judges the candidates. The default is the engine's original reading.
+
+    kernel -- what a report's weight does over the crisis weeks after it is seen (age a):
+        "fading": 1 at once, halving every SIGN_HALF_LIFE_WEEKS;
+        "lead":   the category's lead time L weeks (`lead_weeks`, times `lead_scale`): a
+                  preparation sign rises to 1 over L weeks and then halves every L weeks, so
+                  blood supplies weigh most about a month after they are seen; an imminent sign
+                  (L < 1: evacuation, ultimatum) weighs 1 at once and halves every week.
+    density -- "sum": every report adds; "weekly": one report (the heaviest) per category and
+        crisis week, so a crisis written about more does not read as more signs.
+    credibility -- weight of a report by its grade (schema.CREDIBILITY); empty: every report 1.
+        Applies to signs and to unit moves. An ungraded row weighs as "single_source".
+    indicators -- False: every indicator is 0 (the survival-only baseline: base rate, theater
+        effect and the time a crisis has gone without escalation).
+    """
+
+    kernel: str = "fading"
+    lead_weeks: tuple[tuple[str, float], ...] = ()
+    lead_scale: float = 1.0
+    density: str = "sum"
+    credibility: tuple[tuple[str, float], ...] = ()
+    indicators: bool = True
+    rationale: str = field(default="", compare=False)  # the analyst's why, kept with the profile
+
+    def lead(self, category: str) -> float:
+        return dict(self.lead_weeks).get(category, 0.0) * self.lead_scale
+
+    def weight(self, row: Evidence) -> float:
+        """A row's credibility weight (1 without credibility weighting)."""
+        if not self.credibility:
+            return 1.0
+        return dict(self.credibility)[getattr(row, "credibility", None) or "single_source"]
+
+    def decay(self, category: str, age: np.ndarray) -> np.ndarray:
+        """A report's weight `age` whole crisis weeks after it was seen (age >= 0)."""
+        if self.kernel == "fading":
+            return 0.5 ** (age / SIGN_HALF_LIFE_WEEKS)
+        lead = self.lead(category)
+        if lead < 1:
+            return 0.5 ** age
+        return np.where(age < lead, (age + 1) / (lead + 1), 0.5 ** ((age - lead) / lead))
+
+
+READING = Reading()  # the original reading: fading signs, every report counted, no grading
+KERNELS, DENSITIES = ("fading", "lead"), ("sum", "weekly")
 
 
 def label(indicator: str) -> str:
@@ -100,6 +152,7 @@ class TheaterPanel:
     event: np.ndarray  # (days,) 1 on the escalation day, else 0
     troops: TroopObs
     cut: np.datetime64  # nothing visible after this day was used
+    reading: Reading = READING  # how its rows became covariates (and how days ahead are read)
 
     @property
     def id(self) -> str:
@@ -127,8 +180,8 @@ def troop_obs(rows: list[Evidence]) -> TroopObs:
 
 
 def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64 = NEVER,
-                      origin: np.datetime64 | None = None) -> np.ndarray:
-    """Covariates in STATIC order for each day, from rows visible by min(day, cut).
+                      origin: np.datetime64 | None = None, reading: Reading = READING) -> np.ndarray:
+    """Covariates in STATIC order for each day, from rows visible by min(day, cut), read by `reading`.
 
     `origin`: the crisis start, which fixes the weekly clock signs fade on
     (default: the first day asked for).
@@ -137,6 +190,8 @@ def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64
     origin = days[0] if origin is None else np.datetime64(origin, "D")
     known_by = np.minimum(days, cut)
     out = np.zeros((len(days), len(STATIC)))
+    if not reading.indicators:
+        return out
     col = {name: i for i, name in enumerate(STATIC)}
 
     def seen(row) -> np.ndarray:
@@ -154,13 +209,13 @@ def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64
     # the running net of arrivals, each weighted by how far it came (a 5,000 km move is costlier).
     arrivals = np.zeros(len(days))
     for r in (r for r in rows if r.kind == "unit_move"):
-        weight = (1 if r.direction == "arrive" else -1) * (1 + (r.distance_km or 0) / 1000)
+        weight = (1 if r.direction == "arrive" else -1) * (1 + (r.distance_km or 0) / 1000) * reading.weight(r)
         arrivals += weight * seen(r)
     out[:, col["unit_arrivals"]] = np.sign(arrivals) * np.log1p(np.abs(arrivals))
 
     for category in SIGN_CATEGORIES:
         reports = [r for r in rows if r.kind == "sign" and r.category == category]
-        out[:, col[f"sign_{category}"]] = _sign_intensity(reports, days, origin, seen)
+        out[:, col[f"sign_{category}"]] = _sign_intensity(reports, days, origin, seen, reading, category)
 
     for r in (r for r in rows if r.kind == "claim"):
         target = col["claim_verified" if r.verified else "claim_unverified"]
@@ -168,21 +223,28 @@ def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64
     return out
 
 
-def _sign_intensity(reports, days, origin, seen) -> np.ndarray:
+def _sign_intensity(reports, days, origin, seen, reading: Reading, category: str) -> np.ndarray:
     """log2(1 + the summed weight of the category's reports seen by each day).
 
-    A report weighs 1 in the crisis week it is seen and halves every
-    SIGN_HALF_LIFE_WEEKS after, so one fresh report gives 1 (the prior's
-    "once seen" likelihood ratio), repeated reports add on a log scale, and a
-    sign nobody has reported again for months fades instead of staying on
-    for the rest of a long stand-off. Ages count whole crisis weeks so the
-    covariate stays constant within a week, like the force level.
+    A report weighs its credibility weight times `reading.decay` of its age: under the
+    original reading it weighs 1 in the crisis week it is seen and halves every
+    SIGN_HALF_LIFE_WEEKS after, so one fresh report gives 1 (the prior's "once seen"
+    likelihood ratio), repeated reports add on a log scale, and a sign nobody has reported
+    again for months fades instead of staying on for the rest of a long stand-off. Ages
+    count whole crisis weeks so the covariate stays constant within a week, like the
+    force level. Under the "weekly" density only the heaviest report of each week counts.
     """
-    weight = np.zeros(len(days))
     week = crisis_week(days, origin)
+    by_week: dict[int, list] = {}
     for r in reports:
-        since = crisis_week(max(day(r.date), day(visible_on(r))), origin)
-        weight += seen(r) * 0.5 ** (np.maximum(week - since, 0) / SIGN_HALF_LIFE_WEEKS)
+        since = int(crisis_week(max(day(r.date), day(visible_on(r))), origin))
+        by_week.setdefault(since if reading.density == "weekly" else len(by_week), []).append(r)
+    weight = np.zeros(len(days))
+    for group in by_week.values():
+        since = int(crisis_week(max(day(group[0].date), day(visible_on(group[0]))), origin))
+        terms = [seen(r) * reading.weight(r) for r in group]
+        # one report per week: the heaviest of those seen so far that week
+        weight += np.max(terms, axis=0) * reading.decay(category, np.maximum(week - since, 0))
     return np.log2(1 + weight)
 
 
@@ -207,8 +269,11 @@ def _overstay(rows, exercises, days, known_by) -> np.ndarray:
     return out
 
 
-def build_panel(theater: Theater, evidence: list[Evidence], cut: dt.date | None = None) -> TheaterPanel:
-    """The panel of one theater. `cut`: the as-of date; None for a closed case (its outcome ends it)."""
+def build_panel(theater: Theater, evidence: list[Evidence], cut: dt.date | None = None,
+                reading: Reading = READING) -> TheaterPanel:
+    """The panel of one theater. `cut`: the as-of date; None for a closed case (its outcome ends it).
+
+    The panel keeps its `reading`, so the covariates of days ahead are read the same way."""
     outcome = next((r for r in evidence if r.kind == "outcome"), None)
     cut_day = day(cut) if cut else NEVER
     rows = [r for r in evidence if r.kind != "outcome" and day(visible_on(r)) <= cut_day]
@@ -221,8 +286,8 @@ def build_panel(theater: Theater, evidence: list[Evidence], cut: dt.date | None 
         raise ValueError(f"theater {theater.id} is open: give an as-of date")
     days = np.arange(day(theater.start), last + 1, dtype="datetime64[D]")
     event = (days == event_day).astype(int) if event_day is not None else np.zeros(len(days), dtype=int)
-    return TheaterPanel(theater, rows, days, static_covariates(rows, days, cut_day, day(theater.start)), event,
-                        troop_obs(rows), cut_day)
+    return TheaterPanel(theater, rows, days, static_covariates(rows, days, cut_day, day(theater.start), reading),
+                        event, troop_obs(rows), cut_day, reading)
 
 
 def data_hash(panels: list[TheaterPanel]) -> str:

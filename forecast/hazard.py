@@ -43,6 +43,12 @@ def log_sigmoid(eta: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -eta)
 
 
+def grouped_log_lik(eta, days, events, log_sig=log_sigmoid):
+    """Log-likelihood of `days` days sharing log-odds eta, `events` of them onsets:
+    e log h + (n - e) log(1 - h). `log_sig`: log(sigmoid) for NumPy (default) or a PyTensor graph."""
+    return events * log_sig(eta) + (days - events) * log_sig(-eta)
+
+
 def daily(eta: np.ndarray) -> np.ndarray:
     """The daily hazard h = sigmoid(eta)."""
     return expit(eta)

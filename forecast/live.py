@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from forecast import freshness, predict, reweight
+from forecast import freshness, predict, priors, reweight
 from forecast.features import TheaterPanel, build_panel
 from forecast.sampling import stacked
 from forecast.schema import Evidence, Theater
@@ -73,7 +73,8 @@ class LiveRun:
         self.stored = run.draws()
         # What the run saw (its rows as it saw them), for its own likelihood.
         self.seen = [r for r in store_rows if freshness.in_run(run.manifest, r)]
-        self.old_log_lik = self._survival(build_panel(theater, self.seen, cut=self.as_of))[:, -1]
+        self.reading = priors.parse(run.profile_text(), "profile.toml").reading  # read rows as the fit did
+        self.old_log_lik = self._survival(build_panel(theater, self.seen, cut=self.as_of, reading=self.reading))[:, -1]
 
     def _survival(self, panel: TheaterPanel) -> np.ndarray:
         """log P(quiet through each day) per draw, over the fixed paths the run's history weights use."""
@@ -87,7 +88,7 @@ class LiveRun:
             as_of = max([self.as_of] + [r.known_on for r in rows])
         if as_of < self.as_of:
             raise ValueError(f"as of {as_of}: before the run's as-of date {self.as_of}; refit as of that date")
-        panel = build_panel(self.theater, rows, cut=as_of)
+        panel = build_panel(self.theater, rows, cut=as_of, reading=self.reading)
         survival = self._survival(panel)
         weights = reweight.psis(survival[:, -1] - self.old_log_lik)
         draws = predict.per_draw(panel, self.stage1_draws, self.params, self.seed,

@@ -209,6 +209,8 @@ def force_paths(panel: TheaterPanel, stage1: xr.Dataset, days: np.ndarray, picks
     first known level); 0 until an estimate is visible. force_growth: the
     change of force_level over the last FORCE_GROWTH_DAYS.
     """
+    if not panel.reading.indicators:  # the survival-only reading: no force covariates either
+        return np.zeros((len(picks), len(days), len(FORCE)))
     start = panel.start
     knot_day = start + week_of(panel, days) * 7
     grid = np.unique(np.concatenate([knot_day, knot_day - FORCE_GROWTH_DAYS]))
@@ -276,7 +278,7 @@ def build_stage2(panels: list[TheaterPanel], x_force: np.ndarray, profile: Profi
         # The static covariates are the same on every path: their term is computed once.
         eta_static = hazard.log_odds(alpha, sigma_theater, z[d["theater"]], d["static"], beta[len(FORCE):])
         eta = eta_static[None, :] + hazard.covariate_term(d["force"], beta[: len(FORCE)])  # (paths, groups)
-        loglik_groups = d["events"] * pt.log(pt.sigmoid(eta)) + (d["days"] - d["events"]) * pt.log(pt.sigmoid(-eta))
+        loglik_groups = hazard.grouped_log_lik(eta, d["days"], d["events"], lambda e: pt.log(pt.sigmoid(e)))
         per_theater = pt.dot(loglik_groups, d["rows_of"])  # (paths, theaters)
         loglik = pt.logsumexp(per_theater, axis=0) - np.log(x_force.shape[0])
         pm.Potential("hazard_likelihood", loglik.sum())
@@ -322,11 +324,22 @@ def fit(panels: list[TheaterPanel], target: str, profile: Profile, settings: Sam
     `compiler`, `sample`: see `forecast.sampling.sample` (its stand-in in fast tests); `stage1_pad`: build_stage1.
     """
     seconds: dict[str, float] = {}
-    rng = np.random.default_rng(settings.seed)
-    stage1 = sample(build_stage1(panels, stage1_pad), settings, STAGE1_VARS, "stage1", seconds,
-                    settings.stage1_target_accept, draws=settings.draws * settings.stage1_draws_factor,
-                    compiler=compiler)
+    stage1 = fit_stage1(panels, settings, seconds, compiler, stage1_pad, sample)
+    return fit_stage2(panels, target, profile, settings, stage1, dict(seconds), compiler, sample)
 
+
+def fit_stage1(panels: list[TheaterPanel], settings: SamplerSettings, seconds: dict, compiler=None,
+               stage1_pad: tuple[int, int] | None = None, sample=sample):
+    """Stage 1 alone: it reads only troop estimates, so fits that differ in their reading share it."""
+    return sample(build_stage1(panels, stage1_pad), settings, STAGE1_VARS, "stage1", seconds,
+                  settings.stage1_target_accept, draws=settings.draws * settings.stage1_draws_factor,
+                  compiler=compiler)
+
+
+def fit_stage2(panels: list[TheaterPanel], target: str, profile: Profile, settings: SamplerSettings, stage1,
+               seconds: dict, compiler=None, sample=sample) -> Fit:
+    """The filtered force paths from `stage1`'s draws, then stage 2 (`seconds` already holds stage 1's)."""
+    rng = np.random.default_rng(settings.seed)
     draws1 = stacked(stage1.posterior)
     picks = rng.choice(draws1.sizes["sample"], size=N_PATHS, replace=False)
     shocks = rng.standard_normal((N_PATHS, len(panels)))

@@ -51,7 +51,7 @@ def hazard_params(stage2: xr.Dataset, target: str) -> dict[str, np.ndarray]:
 def future_covariates(panel: TheaterPanel, stage1: xr.Dataset, picks, shocks, days: np.ndarray) -> np.ndarray:
     """x(t | panel.cut) for `days`: (draws, days, indicators), in INDICATORS order."""
     x_force = force_paths(panel, stage1, days, picks, shocks)
-    x_static = static_covariates(panel.rows, days, panel.cut, panel.start)
+    x_static = static_covariates(panel.rows, days, panel.cut, panel.start, panel.reading)
     return np.concatenate([x_force, np.broadcast_to(x_static, (len(picks),) + x_static.shape)], axis=-1)
 
 
@@ -155,7 +155,7 @@ def _history_log_weights(panel: TheaterPanel, stage1_draws: xr.Dataset, params: 
 
 def _prob_within(panel, day, stage1_draws, params, picks, shocks, horizon: int) -> np.ndarray:
     """P(onset within `horizon` days) per draw, with covariates as known on `day`."""
-    past = build_panel(panel.theater, panel.rows, cut=day.astype(dt.date))
+    past = build_panel(panel.theater, panel.rows, cut=day.astype(dt.date), reading=panel.reading)
     ahead = day + np.arange(1, horizon + 1)
     x = future_covariates(past, stage1_draws, picks, shocks, ahead)
     return hazard.cumulative(daily_hazard(params, x))[:, -1]

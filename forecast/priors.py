@@ -5,7 +5,11 @@ A profile (models/priors/<name>.toml) states
 - indicators.<name>: a likelihood ratio ("seeing this makes escalation N times
   more likely") with an 80% range;
 - theater_spread: the odds ratio by which a theater may differ from the
-  reference class (90% prior bound).
+  reference class (90% prior bound);
+- reading (optional): how sign and unit-move reports become covariates
+  (`forecast.features.Reading`): the lead time of each sign category in weeks,
+  the weight of a report by its credibility grade, one report per category and
+  week or every report. Without it, the original reading.
 Each statement becomes a `pymc_extras.prior.Prior` (which both builds the PyMC
 variable and serialises) by one solver, `normal_with_mass` / `halfnormal_below`:
 the maximum-entropy distribution holding the stated mass in the stated range, in
@@ -33,7 +37,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from forecast import config
-from forecast.features import INDICATORS
+from forecast.features import DENSITIES, INDICATORS, KERNELS, READING, Reading
+from forecast.schema import CREDIBILITY, SIGN_CATEGORIES
 
 if TYPE_CHECKING:  # pymc_extras imports PyMC: only the commands that build a model pay for it
     from pymc_extras.prior import Prior
@@ -89,6 +94,7 @@ class Profile:
     theater_spread: Stated  # value = odds ratio at the 90% bound; low/high unused
     indicators: dict[str, Stated]
     text: str  # the TOML as written, for hashing and saving
+    reading: Reading = READING
 
     @property
     def hash(self) -> str:
@@ -124,13 +130,20 @@ class Profile:
                 + stats.norm.logpdf(beta, mu, sd).sum(axis=-1)
                 + stats.halfnorm.logpdf(sigma_theater, scale=s))
 
+    def with_reading(self, reading: Reading, name: str | None = None) -> "Profile":
+        """A copy that reads the evidence by `reading` (a selection candidate); text and hash follow."""
+        changed = Profile(name or self.name, self.description, self.base_rate, self.theater_spread,
+                          self.indicators, "", reading)
+        return Profile(changed.name, changed.description, changed.base_rate, changed.theater_spread,
+                       changed.indicators, render(changed), reading)
+
     def with_values(self, base_rate: Stated | None = None, indicators: dict[str, Stated] | None = None,
                     name: str | None = None) -> "Profile":
         """A changed copy (dashboard edits); its text is re-rendered so the hash follows."""
         changed = Profile(name or self.name, self.description, base_rate or self.base_rate,
-                          self.theater_spread, {**self.indicators, **(indicators or {})}, "")
+                          self.theater_spread, {**self.indicators, **(indicators or {})}, "", self.reading)
         return Profile(changed.name, changed.description, changed.base_rate, changed.theater_spread,
-                       changed.indicators, render(changed))
+                       changed.indicators, render(changed), changed.reading)
 
 
 def daily_logit(p90: float) -> float:
@@ -169,7 +182,8 @@ def halfnormal_below(bound: float, mass: float = SPREAD_MASS) -> Prior:
 
 # --- reading and writing profiles -----------------------------------------------------
 
-_TOP_KEYS = {"name", "description", "base_rate", "theater_spread", "indicators"}
+_TOP_KEYS = {"name", "description", "base_rate", "theater_spread", "indicators", "reading"}
+_READING_KEYS = {"kernel", "lead_weeks", "lead_scale", "density", "credibility", "indicators", "rationale"}
 _STATED_KEYS = {"value", "range", "rationale", "unit"}
 
 
@@ -220,7 +234,40 @@ def parse(text: str, where: str = "<profile>") -> Profile:
     name = doc["name"]
     if not isinstance(name, str) or not 0 < len(name) <= 64 or "`" in name or not name.isprintable():
         raise ProfileError(f"{where}: name must be 1 to 64 printable characters without a backtick")
-    return Profile(name, str(doc.get("description", "")), base, spread, indicators, text)
+    reading = reading_of(doc["reading"], f"{where}: reading") if "reading" in doc else READING
+    return Profile(name, str(doc.get("description", "")), base, spread, indicators, text, reading)
+
+
+def reading_of(doc, where: str) -> Reading:
+    """The `[reading]` table: every value checked, the message naming its key."""
+    _no_unknown(doc, _READING_KEYS, where)
+    kernel, density = doc.get("kernel", READING.kernel), doc.get("density", READING.density)
+    if kernel not in KERNELS:
+        raise ProfileError(f"{where}.kernel: {kernel!r} is not one of {', '.join(KERNELS)}")
+    if density not in DENSITIES:
+        raise ProfileError(f"{where}.density: {density!r} is not one of {', '.join(DENSITIES)}")
+    lead = _numbers(doc.get("lead_weeks", {}), SIGN_CATEGORIES, f"{where}.lead_weeks", low=0, high=52)
+    if kernel == "lead" and set(lead) != set(SIGN_CATEGORIES):
+        raise ProfileError(f"{where}.lead_weeks: kernel \"lead\" needs the lead time of every sign category "
+                           f"({', '.join(SIGN_CATEGORIES)})")
+    credibility = _numbers(doc.get("credibility", {}), CREDIBILITY, f"{where}.credibility", low=0, high=1)
+    if credibility and set(credibility) != set(CREDIBILITY):
+        raise ProfileError(f"{where}.credibility: give a weight for every grade ({', '.join(CREDIBILITY)})")
+    scale, indicators = doc.get("lead_scale", 1.0), doc.get("indicators", True)
+    if not _finite(scale) or not 0 < scale <= 10:
+        raise ProfileError(f"{where}.lead_scale: must be a number in (0, 10]")
+    if not isinstance(indicators, bool):
+        raise ProfileError(f"{where}.indicators: must be true or false")
+    return Reading(kernel, tuple(lead.items()), float(scale), density, tuple(credibility.items()), indicators,
+                   str(doc.get("rationale", "")))
+
+
+def _numbers(doc, keys, where: str, low: float, high: float) -> dict[str, float]:
+    _no_unknown(doc, set(keys), where)
+    for key, value in doc.items():
+        if not _finite(value) or not low <= value <= high:
+            raise ProfileError(f"{where}.{key}: must be a number in [{low:g}, {high:g}]")
+    return {key: float(doc[key]) for key in keys if key in doc}
 
 
 def _finite(x) -> bool:
@@ -269,7 +316,19 @@ def render(profile: Profile) -> str:
              f"rationale = {_q(profile.theater_spread.rationale)}"]
     for name in INDICATORS:
         parts += ["", f"[indicators.{name}]", stated(profile.indicators[name])]
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts + _render_reading(profile.reading)) + "\n"
+
+
+def _render_reading(r: Reading) -> list[str]:
+    if r == READING:
+        return []
+    parts = ["", "[reading]", f"kernel = {_q(r.kernel)}", f"density = {_q(r.density)}",
+             f"lead_scale = {r.lead_scale:g}", f"indicators = {str(r.indicators).lower()}",
+             f"rationale = {_q(r.rationale)}"]
+    for table, pairs in (("lead_weeks", r.lead_weeks), ("credibility", r.credibility)):
+        if pairs:
+            parts += ["", f"[reading.{table}]"] + [f"{k} = {v:g}" for k, v in pairs]
+    return parts
 
 
 def _q(text: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from forecast.features import TheaterPanel, build_panel
+from forecast.features import READING, Reading, TheaterPanel, build_panel
 from forecast.schema import Evidence, Theater
 
 STEP_DAYS = 7
@@ -48,8 +48,8 @@ class Case:
         """1 if escalation came within `horizon` days after `as_of`; a non-escalated case is 0."""
         return int(self.escalated and self.end <= as_of + dt.timedelta(days=horizon))
 
-    def full_panel(self) -> TheaterPanel:
-        return build_panel(self.theater, self.rows + [self.outcome])
+    def full_panel(self, reading: Reading = READING) -> TheaterPanel:
+        return build_panel(self.theater, self.rows + [self.outcome], reading=reading)
 
 
 def load_cases(theaters: list[Theater], evidence: list[Evidence]) -> dict[str, Case]:

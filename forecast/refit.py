@@ -27,7 +27,7 @@ def refit(eng, theater: str, as_of: dt.date | None = None, profile: priors.Profi
     profile = profile or priors.load("default")
     started = dt.datetime.now(dt.timezone.utc)
     clock = Clock()
-    panels, as_of = dataset.from_store(eng, theater, as_of)
+    panels, as_of = dataset.from_store(eng, theater, as_of, reading=profile.reading)
     hashed = data_hash(panels)
     clock.lap("data")
     fitted = model.fit(panels, theater, profile, settings, sample=sample)

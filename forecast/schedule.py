@@ -125,7 +125,7 @@ def _same_fit(manifest: dict, data: str, prior: str, settings: sampling.SamplerS
 def refit_theater(eng, theater: str, profile: priors.Profile, settings: sampling.SamplerSettings,
                   sample=sampling.sample) -> Result:
     """Refit one theater as of its latest evidence unless its published run is up to date."""
-    panels, as_of = dataset.from_store(eng, theater, None)
+    panels, as_of = dataset.from_store(eng, theater, None, reading=profile.reading)
     data = data_hash(panels)
     base = dict(theater=theater, as_of=str(as_of), data_hash=data, prior_hash=profile.hash)
     published = runs.latest(theater)

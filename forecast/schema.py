@@ -25,6 +25,11 @@ SIGN_CATEGORIES = (
     "ultimatum",
 )
 CLAIM_TYPES = ("withdrawal", "de_escalation", "exercise_ending")
+# How far a sign or unit move could be believed on the day it became known, graded like the
+# Admiralty code's information credibility (data/FORMAT.md): confirmed by an independent party (1),
+# one source not confirmed (3), only a party to the conflict says so (4), publicly denied and not
+# confirmed (5). Unset: not graded, read as a single source.
+CREDIBILITY = ("confirmed", "single_source", "party", "denied")
 KINDS = ("troops", "unit_move", "exercise", "sign", "claim", "outcome")
 
 # Every date a row can hold lies in these bounds (issue 21: 0001-01-01 and 9999-12-31 were accepted);
@@ -193,6 +198,7 @@ class UnitMove(Evidence):
     direction: Literal["arrive", "depart"]
     home_district: Note | None = None
     distance_km: Annotated[Number, Field(ge=0, le=MAX_DISTANCE_KM)] | None = None
+    credibility: Literal[CREDIBILITY] | None = None
     key_fields: ClassVar[tuple[str, ...]] = ("date", "unit", "direction")
 
     def describe(self) -> str:
@@ -225,6 +231,7 @@ class Sign(Evidence):
     kind: Literal["sign"]
     category: Literal[SIGN_CATEGORIES]
     description: Text
+    credibility: Literal[CREDIBILITY] | None = None
     key_fields: ClassVar[tuple[str, ...]] = ("date", "category", "description")
 
     def describe(self) -> str:

@@ -8,8 +8,6 @@ serves every profile.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 from forecast import backtest, backtest_report, priors, safe_write
 from forecast.executor import Executor
 
-COLUMNS = ("brier", "brier_skill", "log_score", "ece", "auc", "false_alarm_share")
+COLUMNS = backtest_report.SCORE_COLUMNS
 
 
 def run(eng, profiles: list[priors.Profile], options: backtest.Options, executor: Executor) -> dict:
@@ -37,24 +35,9 @@ def row(doc: dict) -> dict:
 
 def text(study: dict) -> str:
     """The table for a terminal: one line per profile and horizon."""
-    lines = [f"sensitivity: {len(study['profiles'])} prior profiles x {len(study['cases_run'])} cases "
-             f"({study['executor']}, {study['seconds']} s of backtests)", "",
-             f"  {'profile':16} {'hash':12} {'h':>3} {'Brier':>7} {'skill':>7} {'90% (cases)':>17} {'log':>7} "
-             f"{'ECE':>6} {'AUC':>6} {'false al.':>9}"]
-    for r in study["profiles"]:
-        for h in map(str, study["horizons"]):
-            ci = r["brier_skill_interval"][h]
-            lines.append(f"  {r['profile']:16} {r['prior_hash']:12} {h:>3} {_num(r['brier'][h], '7.3f')} "
-                         f"{_num(r['brier_skill'][h], '+7.3f')} {_num(ci['lo'], '+8.3f')} to {_num(ci['hi'], '+.3f')} "
-                         f"{_num(r['log_score'][h], '7.3f')} {_num(r['ece'][h], '6.3f')} {_num(r['auc'][h], '6.2f')} "
-                         f"{_num(r['false_alarm_share'][h], '9.0%')}")
-    return "\n".join(lines)
-
-
-def _num(value, spec: str) -> str:
-    """A score as the table prints it; "n/a" where it is undefined (no alarm raised, one class only...)."""
-    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
-    return f"{'n/a':>{width or 0}}" if value is None else format(value, spec)
+    return "\n".join([f"sensitivity: {len(study['profiles'])} prior profiles x {len(study['cases_run'])} cases "
+                      f"({study['executor']}, {study['seconds']} s of backtests)", "",
+                      *backtest_report.score_table(study["profiles"], study["horizons"], "profile", "prior_hash")])
 
 
 def write_outputs(study: dict, out: Path) -> list[str]:
@@ -65,15 +48,8 @@ def write_outputs(study: dict, out: Path) -> list[str]:
         folder = names[i] if names.count(names[i]) == 1 else f"{i + 1}-{names[i]}"
         doc["files"] = backtest_report.write_outputs(doc, out / folder)
         files += doc["files"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["profile", "prior_hash", "horizon", *COLUMNS, "skill_lo", "skill_hi", "n_forecasts"])
-    for r in study["profiles"]:
-        for h in map(str, study["horizons"]):
-            ci = r["brier_skill_interval"][h]
-            writer.writerow([r["profile"], r["prior_hash"], h, *(r[c][h] for c in COLUMNS), ci["lo"], ci["hi"],
-                             r["n_forecasts"]])
-    files.append(str(safe_write.write_text(out / "sensitivity.csv", buffer.getvalue())))
+    csv_text = backtest_report.score_csv(study["profiles"], study["horizons"], "profile", "prior_hash")
+    files.append(str(safe_write.write_text(out / "sensitivity.csv", csv_text)))
     summary = {k: v for k, v in study.items() if k != "documents"}
     files.append(str(safe_write.write_text(out / "sensitivity.json", json.dumps(summary, indent=2, default=str))))
     return files

@@ -7,6 +7,7 @@ change log, and a schema version. Versions (upgrades are applied in place by `up
   3  `row_key` holds the SHA-256 of the natural key (long keys overflowed PostgreSQL's index limit)
   4  `retracted_at`, `retracted_reason`, `retracted_by` on every evidence table (`forecast retract`)
   5  `replay_of` on theaters: a replayed case (`forecast replay`) names its source, which its fits leave out
+  6  `credibility` on the sign and unit_move tables (issue 18: how far a report could be believed)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sqlalchemy as sa
 
 from forecast.schema import KINDS, MODEL_BY_KIND, kind_fields
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 RETRACTION_COLUMNS = ("retracted_at", "retracted_reason", "retracted_by")
 
 metadata = sa.MetaData()
@@ -137,7 +138,13 @@ def _upgrade_4_to_5(conn: sa.Connection) -> None:
     _operations(conn).add_column("theaters", sa.Column("replay_of", sa.String(80)))
 
 
-UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4, 4: _upgrade_4_to_5}
+def _upgrade_5_to_6(conn: sa.Connection) -> None:
+    ops = _operations(conn)
+    for kind in ("sign", "unit_move"):
+        ops.add_column(EVIDENCE_TABLES[kind].name, sa.Column("credibility", sa.Text))
+
+
+UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4, 4: _upgrade_4_to_5, 5: _upgrade_5_to_6}
 
 
 def upgrade(eng: sa.Engine) -> tuple[int, int]:

@@ -502,7 +502,7 @@ def test_retraction_upgrades_an_old_store(db_url, cli_any):
     from test_store import _make_v1_store
 
     _make_v1_store(db_url)
-    assert cli_any.json("init")["schema_to"] == store_schema.SCHEMA_VERSION == 5
+    assert cli_any.json("init")["schema_to"] == store_schema.SCHEMA_VERSION == 6
     (sign, *_) = [r for r in cli_any.json("evidence", "testland-2024", "--kind", "sign")]
     cli_any.ok("retract", "testland-2024", sign["row_id"], "--reason", "test")
     assert len(cli_any.json("evidence", "testland-2024", "--kind", "sign")) == 1

@@ -240,7 +240,7 @@ def _make_v1_store(url: str) -> list:
             conn.execute(md.tables["schema_version"].insert().values(version=1))
             conn.execute(md.tables["theaters"].insert().values(**theater.model_dump(exclude={"kind", "replay_of"})))
             for row in rows:
-                values = row.model_dump(exclude={"kind", "date_precision"})
+                values = row.model_dump(exclude={"kind", "date_precision", "credibility"})  # v6 added it
                 conn.execute(md.tables[f"ev_{row.kind}"].insert().values(
                     **values, row_key=json.dumps(row.key(), default=str),
                     imported_at=dt.datetime(2024, 3, 1, 12, 0)))
@@ -250,7 +250,7 @@ def _make_v1_store(url: str) -> list:
 
 
 def test_v1_lacks_what_upgrades_add():
-    """Guard for the hand-made v1 schema: exactly the current schema minus what UPGRADES add (v2, v4, v5)."""
+    """Guard for the hand-made v1 schema: exactly the current schema minus what UPGRADES add (v2, v4, v5, v6)."""
     assert store_schema.SCHEMA_VERSION >= 2 and 1 in store_schema.UPGRADES
     v1 = _v1_metadata()
     assert set(store_schema.metadata.tables) - set(v1.tables) == {"evidence_changes"}
@@ -258,7 +258,8 @@ def test_v1_lacks_what_upgrades_add():
         == {"replay_of"}
     for kind, table in store_schema.EVIDENCE_TABLES.items():
         assert {c.name for c in table.columns} - {c.name for c in v1.tables[table.name].columns} \
-            == {"date_precision", *store_schema.RETRACTION_COLUMNS}, kind
+            == {"date_precision", *store_schema.RETRACTION_COLUMNS,
+                *(["credibility"] if kind in ("sign", "unit_move") else [])}, kind
 
 
 def test_upgrade_v1_store_keeps_rows(db_url):
