@@ -27,12 +27,15 @@ run: venv
 	$(BIN)/forecast refit $(THEATER) --as-of $(AS_OF)
 	$(BIN)/forecast show $(THEATER)
 
+# Both lanes run on every core (pytest-xdist; TEST_WORKERS=1 runs them in one process).
+TEST_WORKERS ?= auto
+
 test: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 # Everything that does not sample a real posterior (under 90 s on 2 cores).
 test-fast: venv
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check .

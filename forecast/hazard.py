@@ -45,8 +45,10 @@ def log_sigmoid(eta: np.ndarray) -> np.ndarray:
 
 def grouped_log_lik(eta, days, events, log_sig=log_sigmoid):
     """Log-likelihood of `days` days sharing log-odds eta, `events` of them onsets:
-    e log h + (n - e) log(1 - h). `log_sig`: log(sigmoid) for NumPy (default) or a PyTensor graph."""
-    return events * log_sig(eta) + (days - events) * log_sig(-eta)
+    e log h + (n - e) log(1 - h) = n log h - (n - e) eta, since log(1 - h) = log h - eta
+    (one transcendental per group instead of two). `log_sig`: log(sigmoid) for NumPy (default)
+    or a PyTensor graph."""
+    return days * log_sig(eta) - (days - events) * eta
 
 
 def daily(eta: np.ndarray) -> np.ndarray:

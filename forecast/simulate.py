@@ -9,8 +9,9 @@ model's own code, so the simulation cannot drift away from what is fitted:
 2. the latent log force level, a Brownian walk in weeks from the crisis start,
    ``L(0) ~ Normal(MU0, TAU0)``, ``L(t) = L(0) + drift * W(t)``;
 3. troop estimates ``log(estimate) ~ Normal(L(t) + bias[s], noise[s])``;
-4. the theater's panel from ``features.build_panel`` (the static covariates the
-   model sees) and its force covariates from ``model.force_paths`` with the TRUE
+4. the theater's panel from ``features.build_panel`` under the given reading
+   (the static covariates the model sees; a reading that grades credibility gets
+   signs and unit moves with random grades) and its force covariates from ``model.force_paths`` with the TRUE
    stage-1 parameters and one filtering shock ``~ Normal(0, 1)`` per theater — the
    errors-in-variables term the model integrates over by its imputation paths;
 5. ``logit h[c,t] = alpha + sigma_theater * z_c + beta . x[c,t]`` (`forecast.hazard`), and the
@@ -21,15 +22,16 @@ model's own code, so the simulation cannot drift away from what is fitted:
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
 
 from forecast import hazard
-from forecast.features import INDICATORS, TheaterPanel, build_panel
+from forecast.features import INDICATORS, READING, Reading, TheaterPanel, build_panel
 from forecast.model import MU0, TAU0, force_paths
-from forecast.schema import MODEL_BY_KIND, SIGN_CATEGORIES, SOURCE_TYPES, Evidence, Theater, Troops
+from forecast.schema import CREDIBILITY, MODEL_BY_KIND, SIGN_CATEGORIES, SOURCE_TYPES, Evidence, Theater, Troops
 
 START = dt.date(2000, 1, 1)
 
@@ -43,13 +45,14 @@ class Simulation:
     shocks: np.ndarray  # filtering shock per theater
     x: list[np.ndarray]  # covariates (days × INDICATORS) over each theater's whole window
     event_day: np.ndarray  # index of the escalation day, -1 if censored
+    reading: Reading = field(default=READING)  # how the panels read the evidence
 
     def panels(self) -> list[TheaterPanel]:
         """The closed-case panels a fit sees (as `dataset.assemble` builds the reference class)."""
         by_theater: dict[str, list[Evidence]] = {t.id: [] for t in self.theaters}
         for row in self.evidence:
             by_theater[row.theater].append(row)
-        return [build_panel(t, by_theater[t.id]) for t in self.theaters]
+        return [build_panel(t, by_theater[t.id], reading=self.reading) for t in self.theaters]
 
 
 def stage1_dataset(params: dict) -> xr.Dataset:
@@ -69,7 +72,7 @@ def covariates(panel: TheaterPanel, params: dict, shock: float) -> np.ndarray:
 
 def simulate(params: dict, n_theaters: int, days: int, rng: np.random.Generator, *,
              estimates: tuple[int, int] = (3, 9), garrison_share: float = 0.3,
-             level0: float | None = None) -> Simulation:
+             level0: float | None = None, reading: Reading = READING) -> Simulation:
     """Theaters and evidence from the generative process.
 
     params: alpha, beta (INDICATORS order), sigma_theater, bias (SOURCE_TYPES order,
@@ -94,9 +97,11 @@ def simulate(params: dict, n_theaters: int, days: int, rng: np.random.Generator,
         theater = Theater(id=tid, name=f"Simulated {c}", actor="A", target="B", start=start, source="simulation",
                           garrison=garrison, garrison_source="simulation" if garrison else None)
         rows = _evidence(tid, start, days, rng) + _troops(tid, start, level, params, estimates, rng)
+        if reading.credibility:
+            rows = _graded(rows, np.random.default_rng(zlib.crc32(tid.encode())))  # own stream: others unchanged
 
         # The hazard over the whole window, from the panel the model will see (no cut binds inside it).
-        window = build_panel(theater, rows, cut=start + dt.timedelta(days=days - 1))
+        window = build_panel(theater, rows, cut=start + dt.timedelta(days=days - 1), reading=reading)
         x = covariates(window, params, shocks[c])
         eta = hazard.log_odds(params["alpha"], params["sigma_theater"], z[c], x, beta)
         hits = np.flatnonzero(rng.random(days) < hazard.daily(eta))
@@ -108,7 +113,13 @@ def simulate(params: dict, n_theaters: int, days: int, rng: np.random.Generator,
         theaters.append(theater)
         evidence += rows
         xs.append(x)
-    return Simulation(theaters, evidence, params, z, shocks, xs, event_day)
+    return Simulation(theaters, evidence, params, z, shocks, xs, event_day, reading)
+
+
+def _graded(rows: list[Evidence], rng) -> list[Evidence]:
+    """Signs and unit moves with a random credibility grade (the others as they are)."""
+    return [r.model_copy(update={"credibility": CREDIBILITY[int(rng.integers(len(CREDIBILITY)))]})
+            if r.kind in ("sign", "unit_move") else r for r in rows]
 
 
 def _evidence(tid: str, start: dt.date, days: int, rng) -> list[Evidence]:

@@ -8,14 +8,24 @@ never sees later evidence nor the target's outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
 import pytest
 
 from forecast import dataset, store
-from forecast.features import INDICATORS, SIGN_HALF_LIFE_WEEKS, STATIC, build_panel, data_hash, static_covariates
-from forecast.schema import MODEL_BY_KIND, Theater
+from forecast.features import (
+    INDICATORS,
+    READING,
+    SIGN_HALF_LIFE_WEEKS,
+    STATIC,
+    Reading,
+    build_panel,
+    data_hash,
+    static_covariates,
+)
+from forecast.schema import CREDIBILITY, MODEL_BY_KIND, Theater
 
 D = dt.date
 COL = {name: i for i, name in enumerate(STATIC)}
@@ -327,3 +337,66 @@ def test_as_of_on_or_after_the_outcome_is_refused(initialised_store):
     theaters, evidence = _bundled(initialised_store)
     with pytest.raises(dataset.DatasetError, match="escalated on 2022-02-24"):
         dataset.assemble(theaters, evidence, FLAGSHIP, D(2022, 2, 24))
+
+
+# --- readings (issue 18): lead-time kernels, credibility, weekly density, survival-only ---------
+
+LEAD = Reading(kernel="lead", lead_weeks=(("medical", 4.0), ("evacuation", 0.0)))
+
+
+LAST = D(2024, 4, 30)
+
+
+def _weights(rows, reading, category="medical") -> np.ndarray:
+    """The summed report weights behind a sign covariate, per day from START to LAST."""
+    x = static_covariates(rows, _days(START, LAST), origin=np.datetime64(START, "D"), reading=reading)
+    return 2 ** x[:, COL[f"sign_{category}"]] - 1
+
+
+def test_a_preparation_sign_peaks_after_its_lead_time_and_an_imminent_one_at_once():
+    weekly = _weights([_row("sign", START, category="medical", description="blood")], LEAD)[::7]
+    assert weekly[:6] == pytest.approx([1 / 5, 2 / 5, 3 / 5, 4 / 5, 1.0, 0.5 ** (1 / 4)])  # rises over 4 weeks
+    assert weekly[8] == pytest.approx(0.5)  # then halves every 4 weeks
+    imminent = _weights([_row("sign", START, category="evacuation", description="embassy")], LEAD, "evacuation")[::7]
+    assert imminent[:3] == pytest.approx([1.0, 0.5, 0.25])
+    # The scale stretches every lead: the same report peaks at week 8 with lead_scale 2.
+    longer = _weights([_row("sign", START, category="medical", description="blood")],
+                      dataclasses.replace(LEAD, lead_scale=2.0))[::7]
+    assert int(np.argmax(longer)) == 8
+    # The original reading: 1 at once, halving every SIGN_HALF_LIFE_WEEKS.
+    fading = _weights([_row("sign", START, category="medical", description="blood")], READING)[::7]
+    assert fading[0] == 1 and fading[SIGN_HALF_LIFE_WEEKS] == pytest.approx(0.5)
+
+
+def test_credibility_weights_a_report_and_an_ungraded_row_reads_as_a_single_source():
+    graded = Reading(credibility=(("confirmed", 1.0), ("single_source", 0.6), ("party", 0.4), ("denied", 0.2)))
+    day_one = {}
+    for grade in (*CREDIBILITY, None):
+        extra = {"credibility": grade} if grade else {}
+        row = _row("sign", START, category="medical", description="blood", **extra)
+        day_one[grade] = _weights([row], graded)[0]
+        assert _weights([row], READING)[0] == 1.0  # without grading every report counts 1
+    assert day_one == pytest.approx({"confirmed": 1.0, "single_source": 0.6, "party": 0.4, "denied": 0.2,
+                                     None: 0.6})
+    move = [_row("unit_move", START, unit="1st Tank", direction="arrive", distance_km=0, credibility="denied")]
+    arrivals = static_covariates(move, _days(START, START), reading=graded)[0, COL["unit_arrivals"]]
+    assert arrivals == pytest.approx(np.log1p(0.2))
+
+
+def test_weekly_density_counts_one_report_per_category_and_week():
+    same_week = [_row("sign", START + dt.timedelta(days=d), category="medical", description=f"report {d}")
+                 for d in (0, 2, 4)]
+    assert _weights(same_week, READING)[6] == pytest.approx(3.0)
+    weekly = Reading(density="weekly")
+    assert _weights(same_week, weekly)[:7] == pytest.approx([1.0] * 7)  # the first is seen on day 0
+    next_week = same_week + [_row("sign", START + dt.timedelta(days=8), category="medical", description="later")]
+    assert _weights(next_week, weekly)[8] == pytest.approx(1 + 0.5 ** (1 / SIGN_HALF_LIFE_WEEKS))
+
+
+def test_the_survival_only_reading_has_no_indicator_and_the_panel_keeps_its_reading():
+    rows = [_row("sign", START, category="medical", description="blood"),
+            _row("unit_move", START, unit="1st Tank", direction="arrive", distance_km=900)]
+    off = Reading(indicators=False)
+    panel = build_panel(_theater(), rows, cut=D(2024, 2, 1), reading=off)
+    assert not panel.static.any() and panel.reading == off
+    assert build_panel(_theater(), rows, cut=D(2024, 2, 1)).static.any()

@@ -131,6 +131,29 @@ def test_recovery_every_beta_inside_its_99_percent_interval(recovery):
 
 
 @pytest.mark.slow
+def test_recovery_under_the_graded_lead_time_reading():
+    """Issue 18's richest candidate (lead-time kernels, credibility grades): the same parameters recovered."""
+    from forecast import selection
+
+    reading = next(c for c in selection.load_candidates(priors.load("default"), ["lead-graded"])
+                   if c.name == "lead-graded").profile.reading
+    params = _params()
+    sim = simulate.simulate(params, 60, 120, np.random.default_rng(12), estimates=(4, 10), reading=reading)
+    panels = sim.panels()
+    assert all(p.reading == reading for p in panels)
+    fitted = model.fit(panels, panels[-1].id, priors.load("default"),
+                       sampling.SamplerSettings(draws=300, tune=400, seed=12, **SMALL))
+    d = model.diagnostics(fitted)
+    assert d["divergences"] == 0 and d["r_hat_max"] < 1.05 and d["ess_bulk_min"] > 100, d
+    lo, hi = _interval(_draws(fitted.stage2, "beta"), 0.99)
+    outside = [n for n, t, a, b in zip(INDICATORS, params["beta"], lo, hi) if not a <= t <= b]
+    assert not outside, outside
+    for name in ("alpha", "sigma_theater"):
+        lo, hi = _interval(_draws(fitted.stage2, name))
+        assert lo <= params[name] <= hi, (name, params[name], lo, hi)
+
+
+@pytest.mark.slow
 def test_recovery_the_data_teach_the_hazard(recovery):
     """Not just the prior: alpha and the effects moved away from the prior are pinned down by the data."""
     params, _, fitted = recovery

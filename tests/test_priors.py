@@ -118,6 +118,12 @@ def _sign_medical(text: str) -> str:
     (_edit("[theater_spread]\nvalue = 3", "[theater_spread]\nvalue = 0.5"), "theater_spread", "odds ratio above 1"),
     (DEFAULT_TEXT.split("[indicators.claim_verified]")[0], "claim_verified", "missing"),
     ("name = 'x'\n[base_rate\n", "not valid TOML", "TOML"),
+    (DEFAULT_TEXT + '\n[reading]\nkernel = "sideways"\n', "reading.kernel", "not one of"),
+    (DEFAULT_TEXT + '\n[reading]\nkernel = "lead"\n[reading.lead_weeks]\nmedical = 4\n', "reading.lead_weeks",
+     "every sign category"),
+    (DEFAULT_TEXT + '\n[reading.credibility]\nconfirmed = 1\n', "reading.credibility", "every grade"),
+    (DEFAULT_TEXT + '\n[reading.credibility]\nrumour = 1\n', "reading.credibility", "unknown key"),
+    (DEFAULT_TEXT + '\n[reading]\nindicators = "no"\n', "reading.indicators", "true or false"),
 ])
 def test_bad_profiles_are_refused_with_the_key_named(text, named, reason):
     with pytest.raises(ProfileError) as err:
@@ -167,6 +173,20 @@ def test_render_round_trips_the_default_profile():
     again = priors.parse(priors.render(profile))
     assert again.base_rate == profile.base_rate and again.indicators == profile.indicators
     assert again.theater_spread.value == profile.theater_spread.value
+    assert again.reading == priors.READING and "[reading]" not in priors.render(profile)
+
+
+def test_a_reading_round_trips_and_changes_the_hash():
+    from forecast import selection
+
+    graded = next(c for c in selection.load_candidates(priors.load("default"), ["lead-graded"])
+                  if c.name == "lead-graded").profile
+    again = priors.parse(priors.render(graded))
+    assert again.reading == graded.reading and again.reading.rationale == graded.reading.rationale
+    assert again.reading.lead("bridging") == 1.5 and dict(again.reading.credibility)["denied"] == 0.2
+    assert graded.hash != priors.load("default").hash
+    edited = graded.with_values(name="analyst")  # a dashboard edit keeps the reading
+    assert edited.reading == graded.reading and "[reading.lead_weeks]" in edited.text
 
 
 @pytest.mark.parametrize("centre, low, high", [
