@@ -168,9 +168,10 @@ def fold_job(cid: str, study: Study) -> dict:
     stage1 = model.fit_stage1(loco_panels(first.cases, first.full, cid), first.settings, seconds, COMPILED,
                               first.pad, first.sample)
     out = {"case": cid, "candidates": {}}
-    for name, ctx in zip(study.names, study.contexts):
+    for i, (name, ctx) in enumerate(zip(study.names, study.contexts)):
+        # The first candidate's log carries the shared stage 1's seconds, the others their stage 2's only.
         fit = model.fit_stage2(loco_panels(ctx.cases, ctx.full, cid), cid, ctx.profile, ctx.settings, stage1,
-                               dict(seconds), COMPILED, ctx.sample)
+                               dict(seconds) if i == 0 else {}, COMPILED, ctx.sample)
         log = backtest.fit_log(fit, f"select:{cid}:{name}", COMPILED.hits - hits, COMPILED.misses - misses)
         hits, misses = COMPILED.hits, COMPILED.misses
         forecasts = loco_forecasts(fit, ctx.cases[cid], ctx.settings.seed)

@@ -75,7 +75,13 @@ def test_forecast_add_validates_like_an_import_and_writes_with_who_and_why(fitte
     wrong_field = fitted_store("add", FLAGSHIP, "--kind", "sign", "--date", "2022-02-10", "--source", "s",
                                "--category", "medical", "--description", "x", "--estimate", "3")
     assert wrong_field.exit_code == 2 and "--estimate" in wrong_field.stderr
+    ungraded = fitted_store("add", FLAGSHIP, "--kind", "sign", "--date", "2022-02-10", "--source", "s",
+                            "--category", "medical", "--description", "x", "--credibility", "rumour")
+    assert ungraded.exit_code == 2 and "--credibility" in ungraded.stderr
     assert all_counts(fitted_store.db_url) == before
+    graded = fitted_store.json("add", FLAGSHIP, "--kind", "sign", "--date", "2022-02-10", "--source", "Other desk",
+                               "--category", "bridging", "--description", "pontoons", "--credibility", "party")
+    assert graded["row"]["credibility"] == "party"
 
     doc = fitted_store.json("add", FLAGSHIP, "--kind", "sign", "--date", "2022-02-10", "--source", "Test desk",
                             "--category", "medical", "--description", "blood bank moved", "--reason", "new report",
