@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/sbc.py                     # 100 replicates
     .venv/bin/python benchmarks/sbc.py -n 100 --max-minutes 25   # what the committed results ran
     .venv/bin/python benchmarks/sbc.py --plot-only         # redraw the histograms from the results file
+    .venv/bin/python benchmarks/sbc.py --candidate lead-graded   # under a reading of models/candidates.toml
 
 Each replicate
 1. draws every parameter from its prior — alpha, beta and sigma_theater from the
@@ -28,12 +29,15 @@ that approximation is.
 
 Every replicate has the same graph (same theater count, stage-1 sizes padded), so
 nutpie compiles each stage once and later replicates only swap the data in
-(`forecast.backtest.CompileCache`); replicate 1 is also fitted with a fresh
+(`forecast.sampling.CompileCache`); replicate 1 is also fitted with a fresh
 compile and the largest posterior difference is recorded (0 when reuse is exact).
 About 13 s per replicate on 2 cores; 100 replicates take ~25 minutes.
 
 Writes benchmarks/sbc_results.json (after every replicate, so a stopped run keeps
-what it did) and benchmarks/sbc_ranks.png.
+what it did) and benchmarks/sbc_ranks.png; with `--candidate NAME` the data are
+simulated and fitted under that evidence reading (issue 18: lead-time kernels,
+credibility grades, weekly density; the same sampled parameters) and the files are
+sbc_results-NAME.json and sbc_ranks-NAME.png.
 """
 
 from __future__ import annotations
@@ -55,13 +59,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from forecast import model, priors, sampling, simulate  # noqa: E402
-from forecast.features import INDICATORS  # noqa: E402
+from forecast.features import INDICATORS, READING  # noqa: E402
+from forecast.sampling import CompileCache  # noqa: E402  one nutpie compile per graph, then data swaps
 from forecast.schema import SOURCE_TYPES  # noqa: E402
-
-try:  # one nutpie compile per distinct graph, data swapped in afterwards (the backtest's cache)
-    from forecast.backtest import CompileCache  # noqa: E402
-except ImportError:  # pragma: no cover - without it every replicate compiles (slow, same results)
-    CompileCache = None
 
 RESULTS = HERE / "sbc_results.json"
 FIGURE = HERE / "sbc_ranks.png"
@@ -104,7 +104,8 @@ def replicate(i: int, params: dict, args, compiler=None, verify: bool = False) -
     profile = priors.load("default")
     rng = np.random.default_rng([args.seed, i])
     started = time.perf_counter()
-    sim = simulate.simulate(params, args.theaters, args.days, rng, estimates=tuple(args.estimates))
+    sim = simulate.simulate(params, args.theaters, args.days, rng, estimates=tuple(args.estimates),
+                            reading=reading_of(args.candidate))
     panels = sim.panels()
     settings = sampling.SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores,
                                      seed=args.seed * 1000 + i, progressbar=False)
@@ -177,7 +178,8 @@ def summarise(done: list[dict], failed: list[dict], args, started: float, compil
         "settings": {"draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores,
                      "stage1_draws_factor": sampling.SamplerSettings.stage1_draws_factor,
                      "imputation_paths": model.N_PATHS, "sampler": "nutpie", "seed": args.seed,
-                     "compile_cache": {"hits": compiler.hits, "misses": compiler.misses} if compiler else None},
+                     "reading": args.candidate or "original",
+                     "compile_cache": {"hits": compiler.hits, "misses": compiler.misses}},
         "data": {"theaters": args.theaters, "days": args.days, "troop_estimates_per_theater": args.estimates,
                  "prior_profile": "default"},
         "summary": {
@@ -232,10 +234,27 @@ def plot(results: dict, path: Path = FIGURE) -> None:
     plt.close(fig)
 
 
-def write(results: dict) -> None:
-    tmp = RESULTS.with_suffix(".json.tmp")
+def reading_of(candidate: str | None):
+    """The evidence reading of a candidate in models/candidates.toml (None: the original reading)."""
+    if candidate is None:
+        return READING
+    from forecast import selection
+
+    return next(c for c in selection.load_candidates(priors.load("default"), [candidate])
+                if c.name == candidate).profile.reading
+
+
+def outputs(candidate: str | None) -> tuple[Path, Path]:
+    """The results file and the figure of a run (one pair per reading)."""
+    if candidate is None:
+        return RESULTS, FIGURE
+    return HERE / f"sbc_results-{candidate}.json", HERE / f"sbc_ranks-{candidate}.png"
+
+
+def write(results: dict, path: Path = RESULTS) -> None:
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    tmp.replace(RESULTS)
+    tmp.replace(path)
 
 
 def main(argv=None) -> int:
@@ -255,14 +274,17 @@ def main(argv=None) -> int:
     parser.add_argument("--no-verify", action="store_true",
                         help="skip refitting replicate 1 without the compile cache (the check that reuse is exact)")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--candidate", default=None, help="simulate and fit under this reading of "
+                        "models/candidates.toml (default: the original reading)")
     args = parser.parse_args(argv)
+    results_path, figure_path = outputs(args.candidate)
 
     if args.plot_only:
-        plot(json.loads(RESULTS.read_text(encoding="utf-8")))
+        plot(json.loads(results_path.read_text(encoding="utf-8")), figure_path)
         return 0
 
     started = time.perf_counter()
-    compiler = CompileCache() if CompileCache is not None else None
+    compiler = CompileCache()
     draws = prior_draws(args.n, args.seed, priors.load("default"))
     done, failed = [], []
     for i, params in enumerate(draws):
@@ -273,8 +295,7 @@ def main(argv=None) -> int:
                 print(f"time budget: stopping after {len(done)} replicates ({elapsed:.1f} min)", flush=True)
                 break
         try:
-            result = replicate(i, params, args, compiler, verify=(i == 1 and compiler is not None
-                                                                    and not args.no_verify))
+            result = replicate(i, params, args, compiler, verify=(i == 1 and not args.no_verify))
             done.append(result)
             print(f"[{i + 1}/{args.n}] {result['seconds']:.0f} s, events {result['events']}, "
                   f"r_hat {result['r_hat_max']:.3f}, ess {result['ess_bulk_min']:.0f}, "
@@ -284,11 +305,11 @@ def main(argv=None) -> int:
                            "traceback": traceback.format_exc(limit=3)})
             print(f"[{i + 1}/{args.n}] failed: {err}", flush=True)
         results = summarise(done, failed, args, started, compiler)
-        write(results)
+        write(results, results_path)
     results = summarise(done, failed, args, started, compiler)
-    write(results)
+    write(results, results_path)
     if done:
-        plot(results)
+        plot(results, figure_path)
     s = results["summary"]
     print(json.dumps({"n": results["n_replicates"], "min_p": s["min_p_value"],
                       "below_0.05": s["parameters_below_0.05"], "minutes": round(results["seconds_total"] / 60, 1)}))
