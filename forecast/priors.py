@@ -25,6 +25,7 @@ manifest beside the profile.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -132,18 +133,17 @@ class Profile:
 
     def with_reading(self, reading: Reading, name: str | None = None) -> "Profile":
         """A copy that reads the evidence by `reading` (a selection candidate); text and hash follow."""
-        changed = Profile(name or self.name, self.description, self.base_rate, self.theater_spread,
-                          self.indicators, "", reading)
-        return Profile(changed.name, changed.description, changed.base_rate, changed.theater_spread,
-                       changed.indicators, render(changed), reading)
+        return self._rerendered(name=name or self.name, reading=reading)
 
     def with_values(self, base_rate: Stated | None = None, indicators: dict[str, Stated] | None = None,
                     name: str | None = None) -> "Profile":
         """A changed copy (dashboard edits); its text is re-rendered so the hash follows."""
-        changed = Profile(name or self.name, self.description, base_rate or self.base_rate,
-                          self.theater_spread, {**self.indicators, **(indicators or {})}, "", self.reading)
-        return Profile(changed.name, changed.description, changed.base_rate, changed.theater_spread,
-                       changed.indicators, render(changed), changed.reading)
+        return self._rerendered(name=name or self.name, base_rate=base_rate or self.base_rate,
+                                indicators={**self.indicators, **(indicators or {})})
+
+    def _rerendered(self, **changes) -> "Profile":
+        changed = dataclasses.replace(self, text="", **changes)
+        return dataclasses.replace(changed, text=render(changed))
 
 
 def daily_logit(p90: float) -> float:
