@@ -235,16 +235,15 @@ def _sign_intensity(reports, days, origin, seen, reading: Reading, category: str
     force level. Under the "weekly" density only the heaviest report of each week counts.
     """
     week = crisis_week(days, origin)
-    by_week: dict[int, list] = {}
-    for r in reports:
+    groups: dict[tuple[int, int], list] = {}  # (week seen, report) -- or (week seen, 0): one group a week
+    for i, r in enumerate(reports):
         since = int(crisis_week(max(day(r.date), day(visible_on(r))), origin))
-        by_week.setdefault(since if reading.density == "weekly" else len(by_week), []).append(r)
+        groups.setdefault((since, 0 if reading.density == "weekly" else i), []).append(r)
     weight = np.zeros(len(days))
-    for group in by_week.values():
-        since = int(crisis_week(max(day(group[0].date), day(visible_on(group[0]))), origin))
-        terms = [seen(r) * reading.weight(r) for r in group]
-        # one report per week: the heaviest of those seen so far that week
-        weight += np.max(terms, axis=0) * reading.decay(category, np.maximum(week - since, 0))
+    for (since, _), group in groups.items():
+        # a group counts its heaviest report seen so far (a group of one: that report)
+        heaviest = np.max([seen(r) * reading.weight(r) for r in group], axis=0)
+        weight += heaviest * reading.decay(category, np.maximum(week - since, 0))
     return np.log2(1 + weight)
 
 

@@ -112,11 +112,22 @@ class Study:
     contexts: list[Context]
 
 
+def study_of(theaters, evidence, cases: dict, candidates: list[Candidate], options: backtest.Options) -> Study:
+    """Each candidate's reference class read its way; one stage-1 padding for all (troops are read alike)."""
+    contexts, pad = [], None
+    for c in candidates:
+        full = {cid: case.full_panel(c.profile.reading) for cid, case in cases.items()}
+        pad = pad or stage1_pad(list(full.values()))
+        contexts.append(Context(theaters, evidence, cases, full, pad, c.profile, options.settings, options.sample))
+    return Study([c.name for c in candidates], contexts)
+
+
 GAUSS_HERMITE_NODES = 9  # quadrature over a new theater's effect z ~ N(0, 1)
 
 
-def new_theater_log_lik(fit: model.Fit, theater: int) -> np.ndarray:
-    """log p(y_i | alpha, beta, sigma) per draw: theater i's whole record with its effect integrated out,
+def new_theater_log_lik(fit: model.Fit) -> np.ndarray:
+    """log p(y_i | alpha, beta, sigma) per draw and theater i (draws, theaters): each theater's whole
+    record with its effect integrated out,
 
         log sum_q w_q mean_k prod_g p(y_g | alpha + sigma z_q + beta . x_k,g),
 
@@ -125,20 +136,23 @@ def new_theater_log_lik(fit: model.Fit, theater: int) -> np.ndarray:
     outer fold faces, and without the theater's own z in it PSIS-LOO stays stable.
     """
     g = model.collapse(fit.panels, fit.x_force)
-    own = g["theater"] == theater
     post = stacked(fit.stage2.posterior)
     alpha, beta, sigma = post["alpha"].values, post["beta"].values, post["sigma_theater"].values
     nodes, weights = np.polynomial.hermite_e.hermegauss(GAUSS_HERMITE_NODES)
     log_w = np.log(weights / weights.sum())
     n_force = fit.x_force.shape[-1]
-    quiet = hazard.log_odds(alpha[None, :, None], sigma[None, :, None], nodes[:, None, None], g["static"][own],
-                            beta[:, n_force:])  # (nodes, draws, groups)
-    total = None
-    for path in g["force"][:, own]:  # (groups, force indicators) per imputation path
-        eta = quiet + hazard.covariate_term(path, beta[:, :n_force])[None]
-        ll = hazard.grouped_log_lik(eta, g["days"][own], g["events"][own]).sum(axis=-1) + log_w[:, None]
-        total = ll if total is None else np.logaddexp(total, ll)
-    return np.logaddexp.reduce(total, axis=0) - np.log(len(g["force"]))
+    out = np.zeros((len(alpha), len(fit.panels)))
+    for theater in range(len(fit.panels)):  # one theater at a time: (nodes, draws, its groups) fits in memory
+        own = g["theater"] == theater
+        quiet = hazard.log_odds(alpha[None, :, None], sigma[None, :, None], nodes[:, None, None],
+                                g["static"][own], beta[:, n_force:])  # (nodes, draws, groups)
+        total = None
+        for path in g["force"][:, own]:  # (groups, force indicators) per imputation path
+            eta = quiet + hazard.covariate_term(path, beta[:, :n_force])[None]
+            ll = hazard.grouped_log_lik(eta, g["days"][own], g["events"][own]).sum(axis=-1) + log_w[:, None]
+            total = ll if total is None else np.logaddexp(total, ll)
+        out[:, theater] = np.logaddexp.reduce(total, axis=0) - np.log(len(g["force"]))
+    return out
 
 
 def inner_elpd(fit: model.Fit, held_out: str) -> dict:
@@ -146,10 +160,11 @@ def inner_elpd(fit: model.Fit, held_out: str) -> dict:
     scored as a new one (`new_theater_log_lik`): elpd_i = log sum_s w_is p(y_i | theta_s), w_is from
     PSIS of 1 / p(y_i | theta_s) (`forecast.reweight.psis`)."""
     elpd, ks = [], []
+    log_lik = new_theater_log_lik(fit)  # the empty held-out panel gives a column of zeros, skipped
     for i, panel in enumerate(fit.panels):
         if panel.id == held_out:
             continue
-        ll = new_theater_log_lik(fit, i)
+        ll = log_lik[:, i]
         w = reweight.psis(-ll)
         elpd.append(float(np.log(np.sum(w.w * np.exp(ll - ll.max()))) + ll.max()))
         ks.append(w.pareto_k or 0.0)
@@ -192,13 +207,7 @@ def run(eng, options: backtest.Options, candidates: list[Candidate], executor: E
     theaters, evidence = store.load_theaters(eng), store.load_evidence(eng)
     cases = load_cases(theaters, evidence)
     chosen = backtest.chosen_cases(options.cases, theaters, cases)
-    study = Study([c.name for c in candidates], [])
-    pad = None
-    for c in candidates:
-        full = {cid: case.full_panel(c.profile.reading) for cid, case in cases.items()}
-        pad = pad or stage1_pad(list(full.values()))
-        study.contexts.append(Context(theaters, evidence, cases, full, pad, c.profile, options.settings,
-                                      options.sample))
+    study = study_of(theaters, evidence, cases, candidates, options)
     bar = tqdm(total=len(chosen), desc="select", unit="fold", disable=not options.progress)
     bar.set_postfix_str(executor.description)
     folds: list[dict | None] = [None] * len(chosen)

@@ -110,17 +110,10 @@ def test_the_inner_score_never_reads_the_held_out_case(study_parts):
 
 def _study(eng, options, candidates):
     from forecast import selection, store
-    from forecast.backtest import Context, stage1_pad
     from forecast.reference_class import load_cases
 
     theaters, evidence = store.load_theaters(eng), store.load_evidence(eng)
-    cases = load_cases(theaters, evidence)
-    contexts = []
-    for c in candidates:
-        full = {cid: case.full_panel(c.profile.reading) for cid, case in cases.items()}
-        contexts.append(Context(theaters, evidence, cases, full, stage1_pad(list(full.values())), c.profile,
-                                options.settings, options.sample))
-    return selection.Study([c.name for c in candidates], contexts)
+    return selection.study_of(theaters, evidence, load_cases(theaters, evidence), candidates, options)
 
 
 @pytest.mark.slow  # a whole study of 56-case fits (prior draws): ~10 s
@@ -135,7 +128,7 @@ def test_a_new_theaters_likelihood_integrates_its_effect_as_monte_carlo_does(stu
     fit = model.fit(loco_panels(ctx.cases, ctx.full, CASES[0]), CASES[0], ctx.profile, options.settings,
                     sample=prior_sample)
     theater = next(i for i, p in enumerate(fit.panels) if p.id == CASES[1])
-    quadrature = selection.new_theater_log_lik(fit, theater)
+    quadrature = selection.new_theater_log_lik(fit)[:, theater]
 
     g = model.collapse(fit.panels, fit.x_force)
     own = g["theater"] == theater
