@@ -108,7 +108,7 @@ def priors_tab(state: view.TheaterState, rw: reweight.PriorReweighter, profile: 
     head = st.columns([3, 1, 1, 1])
     for col, text in zip(head, ("indicator", "likelihood ratio", "low (80%)", "high (80%)")):
         col.caption(text)
-    for name in INDICATORS:
+    for name in (n for n in INDICATORS if rw.profile.reading.uses(n)):
         s = rw.profile.indicators[name]
         cols = st.columns([3, 1, 1, 1])
         cols[0].markdown(f"{label(name)}  \n<small>{html.escape(s.unit)}</small>", unsafe_allow_html=True,

@@ -26,6 +26,7 @@ STATIC = (
     ["exercise", "overstay", "unit_arrivals"]
     + [f"sign_{c}" for c in SIGN_CATEGORIES]
     + ["claim_unverified", "claim_verified"]
+    + ["crisis_age"]
 )
 FORCE = ["force_level", "force_growth"]
 INDICATORS = FORCE + STATIC  # the order of the hazard's beta vector
@@ -46,6 +47,7 @@ INDICATOR_LABELS = {
     "sign_ultimatum": ("Ultimatum / recognition", "log2(1 + report weights over time)"),
     "claim_unverified": ("Unverified withdrawal claim", "1 once such a claim is made"),
     "claim_verified": ("Verified withdrawal", "1 once a withdrawal is confirmed by an independent party"),
+    "crisis_age": ("Time since the build-up began", "log2(1 + whole weeks since the crisis start)"),
 }
 FORCE_GROWTH_DAYS = 28
 NEVER = np.datetime64("9999-12-31")
@@ -54,7 +56,7 @@ SIGN_HALF_LIFE_WEEKS = 12  # a sign not reported again fades to half its weight 
 
 @dataclass(frozen=True)
 class Reading:
-    """How sign and unit-move rows become covariates: the candidate readings of issue 18.
+    """How the record becomes covariates: the candidate readings of issue 18.
 
     A profile states its reading (`forecast.priors`, the `[reading]` table); nested selection
     (`forecast.selection`) judges the candidates. The default is the engine's original reading.
@@ -69,8 +71,12 @@ class Reading:
         crisis week, so a crisis written about more does not read as more signs.
     credibility -- weight of a report by its grade (schema.CREDIBILITY); empty: every report 1.
         Applies to signs and to unit moves. An ungraded row weighs as "single_source".
-    indicators -- False: every indicator is 0 (the survival-only baseline: base rate, theater
-        effect and the time a crisis has gone without escalation).
+    indicators -- False: every evidence indicator is 0 (the survival-only baseline: base rate,
+        theater effect and the time a crisis has gone without escalation).
+    crisis_age -- True: the baseline hazard depends on the time since the build-up began, through
+        the `crisis_age` covariate log2(1 + weeks since the start): a likelihood ratio rho per
+        doubling makes the hazard in week w (1 + w)^log2(rho) times week 0's, a Weibull-like
+        duration term that can rise or fall. False: the covariate is 0 (a flat baseline).
     """
 
     kernel: str = "fading"
@@ -79,7 +85,12 @@ class Reading:
     density: str = "sum"
     credibility: tuple[tuple[str, float], ...] = ()
     indicators: bool = True
+    crisis_age: bool = False
     rationale: str = field(default="", compare=False)  # the analyst's why, kept with the profile
+
+    def uses(self, indicator: str) -> bool:
+        """Whether this reading can make `indicator` non-zero (the page offers priors only for those)."""
+        return self.crisis_age if indicator == "crisis_age" else self.indicators
 
     def lead(self, category: str) -> float:
         return dict(self.lead_weeks).get(category, 0.0) * self.lead_scale
@@ -190,9 +201,11 @@ def static_covariates(rows: list[Evidence], days: np.ndarray, cut: np.datetime64
     origin = days[0] if origin is None else np.datetime64(origin, "D")
     known_by = np.minimum(days, cut)
     out = np.zeros((len(days), len(STATIC)))
+    col = {name: i for i, name in enumerate(STATIC)}
+    if reading.crisis_age:  # not evidence but the clock: it holds under the survival-only reading too
+        out[:, col["crisis_age"]] = np.log2(1 + np.maximum(crisis_week(days, origin), 0))
     if not reading.indicators:
         return out
-    col = {name: i for i, name in enumerate(STATIC)}
 
     def seen(row) -> np.ndarray:
         # A row counts from the later of the day it held and the day it became known.

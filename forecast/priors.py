@@ -9,7 +9,8 @@ A profile (models/priors/<name>.toml) states
 - reading (optional): how sign and unit-move reports become covariates
   (`forecast.features.Reading`): the lead time of each sign category in weeks,
   the weight of a report by its credibility grade, one report per category and
-  week or every report. Without it, the original reading.
+  week or every report, and whether the baseline hazard depends on the time since
+  the build-up began. Without it, the original reading.
 Each statement becomes a `pymc_extras.prior.Prior` (which both builds the PyMC
 variable and serialises) by one solver, `normal_with_mass` / `halfnormal_below`:
 the maximum-entropy distribution holding the stated mass in the stated range, in
@@ -48,6 +49,10 @@ BASE_RATE_DAYS = 90
 RANGE_MASS = 0.8  # a stated range holds 80% of the prior
 SPREAD_MASS = 0.9
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# A profile written before the time-since-start term states no prior for it; it reads as this
+# neutral statement (the term is 0 unless the profile's reading turns it on).
+UNSTATED = {"crisis_age": {"value": 1.0, "range": [0.7, 1.4], "unit": "per doubling of (1 + weeks since the build-up began)",
+                           "rationale": "Not stated in this profile (written before the term existed): neutral."}}
 
 @functools.lru_cache(maxsize=1)
 def _stage1_priors() -> dict:
@@ -183,7 +188,8 @@ def halfnormal_below(bound: float, mass: float = SPREAD_MASS) -> Prior:
 # --- reading and writing profiles -----------------------------------------------------
 
 _TOP_KEYS = {"name", "description", "base_rate", "theater_spread", "indicators", "reading"}
-_READING_KEYS = {"kernel", "lead_weeks", "lead_scale", "density", "credibility", "indicators", "rationale"}
+_READING_KEYS = {"kernel", "lead_weeks", "lead_scale", "density", "credibility", "indicators", "crisis_age",
+                 "rationale"}
 _STATED_KEYS = {"value", "range", "rationale", "unit"}
 
 
@@ -227,10 +233,11 @@ def parse(text: str, where: str = "<profile>") -> Profile:
         raise ProfileError(f"{where}: theater_spread.value must be an odds ratio above 1")
     spread = Stated(float(spread_value), 1.0, float(spread_value), str(spread_doc.get("rationale", "")))
     _no_unknown(doc["indicators"], set(INDICATORS), f"{where}: indicators")
-    missing = [name for name in INDICATORS if name not in doc["indicators"]]
+    missing = [name for name in INDICATORS if name not in doc["indicators"] and name not in UNSTATED]
     if missing:
         raise ProfileError(f"{where}: indicators missing: {', '.join(missing)}")
-    indicators = {name: _stated(doc["indicators"][name], f"{where}: indicators.{name}") for name in INDICATORS}
+    stated = {**UNSTATED, **doc["indicators"]}
+    indicators = {name: _stated(stated[name], f"{where}: indicators.{name}") for name in INDICATORS}
     name = doc["name"]
     if not isinstance(name, str) or not 0 < len(name) <= 64 or "`" in name or not name.isprintable():
         raise ProfileError(f"{where}: name must be 1 to 64 printable characters without a backtick")
@@ -253,13 +260,15 @@ def reading_of(doc, where: str) -> Reading:
     credibility = _numbers(doc.get("credibility", {}), CREDIBILITY, f"{where}.credibility", low=0, high=1)
     if credibility and set(credibility) != set(CREDIBILITY):
         raise ProfileError(f"{where}.credibility: give a weight for every grade ({', '.join(CREDIBILITY)})")
-    scale, indicators = doc.get("lead_scale", 1.0), doc.get("indicators", True)
+    scale = doc.get("lead_scale", 1.0)
     if not _finite(scale) or not 0 < scale <= 10:
         raise ProfileError(f"{where}.lead_scale: must be a number in (0, 10]")
-    if not isinstance(indicators, bool):
-        raise ProfileError(f"{where}.indicators: must be true or false")
-    return Reading(kernel, tuple(lead.items()), float(scale), density, tuple(credibility.items()), indicators,
-                   str(doc.get("rationale", "")))
+    switches = {key: doc.get(key, getattr(READING, key)) for key in ("indicators", "crisis_age")}
+    for key, value in switches.items():
+        if not isinstance(value, bool):
+            raise ProfileError(f"{where}.{key}: must be true or false")
+    return Reading(kernel, tuple(lead.items()), float(scale), density, tuple(credibility.items()),
+                   rationale=str(doc.get("rationale", "")), **switches)
 
 
 def _numbers(doc, keys, where: str, low: float, high: float) -> dict[str, float]:
@@ -324,7 +333,7 @@ def _render_reading(r: Reading) -> list[str]:
         return []
     parts = ["", "[reading]", f"kernel = {_q(r.kernel)}", f"density = {_q(r.density)}",
              f"lead_scale = {r.lead_scale:g}", f"indicators = {str(r.indicators).lower()}",
-             f"rationale = {_q(r.rationale)}"]
+             f"crisis_age = {str(r.crisis_age).lower()}", f"rationale = {_q(r.rationale)}"]
     for table, pairs in (("lead_weeks", r.lead_weeks), ("credibility", r.credibility)):
         if pairs:
             parts += ["", f"[reading.{table}]"] + [f"{k} = {v:g}" for k, v in pairs]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import forecast
 from forecast import config, safe_write
+from forecast.features import INDICATORS
 
 if TYPE_CHECKING:  # ArviZ and xarray load only when a run's draws are read or written
     import arviz as az
@@ -169,12 +170,15 @@ class Run:
         import xarray as xr
 
         with xr.open_dataset(self.path / "draws.nc") as ds:
-            return ds.load()
+            return current_indicators(ds.load())
 
     def stage(self, n: int) -> az.InferenceData:
         import arviz as az
 
-        return az.from_netcdf(self.path / f"stage{n}.nc")
+        idata = az.from_netcdf(self.path / f"stage{n}.nc")
+        if "posterior" in idata:
+            idata.posterior = current_indicators(idata.posterior)
+        return idata
 
     def profile_text(self) -> str:
         return (self.path / "profile.toml").read_text(encoding="utf-8")
@@ -186,6 +190,17 @@ class Run:
                 "reason": m.get("reason"), "prior_profile": m["prior_profile"], "prior_hash": m["prior_hash"],
                 "data_hash": m["data_hash"], "code_version": m["code_version"], "created_at": m["created_at"],
                 **self.forecast(), "diagnostics": m["diagnostics"]}
+
+
+def current_indicators(ds: xr.Dataset) -> xr.Dataset:
+    """A run stored before an indicator existed, in today's INDICATORS: its beta is 0 there.
+
+    An indicator added since (crisis_age) is 0 under the reading such a run was fitted with,
+    so the value is never used; the prior's density at it is the same for every draw.
+    """
+    if "indicator" not in ds.coords or list(ds.indicator.values) == INDICATORS:
+        return ds
+    return ds.reindex(indicator=INDICATORS, fill_value=0.0)
 
 
 def theater_dir(theater: str) -> Path:

@@ -400,3 +400,13 @@ def test_the_survival_only_reading_has_no_indicator_and_the_panel_keeps_its_read
     panel = build_panel(_theater(), rows, cut=D(2024, 2, 1), reading=off)
     assert not panel.static.any() and panel.reading == off
     assert build_panel(_theater(), rows, cut=D(2024, 2, 1)).static.any()
+
+
+def test_the_time_since_start_term_counts_doublings_of_whole_weeks_and_is_off_by_default():
+    days = _days(START, LAST)
+    weeks = (days - np.datetime64(START, "D")).astype(int) // 7
+    for reading in (Reading(crisis_age=True), Reading(crisis_age=True, indicators=False)):
+        x = static_covariates([], days, origin=np.datetime64(START, "D"), reading=reading)
+        assert x[:, COL["crisis_age"]] == pytest.approx(np.log2(1 + weeks))
+        assert not np.delete(x, COL["crisis_age"], axis=1).any()
+    assert not static_covariates([], days, origin=np.datetime64(START, "D"))[:, COL["crisis_age"]].any()

@@ -175,3 +175,29 @@ def test_the_page_records_a_row_updates_at_once_and_runs_what_if(fitted_store):
     table = at.dataframe[0].value
     assert list(table["what"][:3]) == ["P(within 7 days)", "P(within 30 days)", "P(within 90 days)"]
     assert at.session_state["whatif:last"]["rows"][0]["claim_type"] == "withdrawal"
+
+
+def test_a_run_stored_before_the_time_since_start_term_gives_its_forecast_unchanged(fitted_store):
+    """A run from before `crisis_age` existed: 16 indicators in its draws, none in its profile."""
+    import arviz as az
+    import xarray as xr
+
+    from forecast import runs
+
+    run = runs.require_published(FLAGSHIP)
+    older = {"indicator": [n for n in run.draws().indicator.values if n != "crisis_age"]}
+    draws = run.draws().sel(older)
+    stage2 = az.from_netcdf(run.path / "stage2.nc")
+    stage2.posterior = stage2.posterior.sel(older)
+    draws.to_netcdf(run.path / "draws.nc")
+    stage2.to_netcdf(run.path / "stage2.old.nc")  # the stored file is still open (lazily read)
+    (run.path / "stage2.old.nc").replace(run.path / "stage2.nc")
+    text = run.profile_text()
+    (run.path / "profile.toml").write_text(text.split("[indicators.crisis_age]")[0], encoding="utf-8")
+    with xr.open_dataset(run.path / "draws.nc") as stored:
+        assert "crisis_age" not in stored.indicator.values
+
+    lr, rows = _live(fitted_store)
+    same = lr.forecast(rows, AS_OF)
+    for key in ("prob", "timing", "cumulative", "history", "baseline_log_odds"):
+        assert same.document[key] == run.forecast()[key], key

@@ -131,13 +131,19 @@ def test_recovery_every_beta_inside_its_99_percent_interval(recovery):
 
 
 @pytest.mark.slow
-def test_recovery_under_the_graded_lead_time_reading():
-    """Issue 18's richest candidate (lead-time kernels, credibility grades): the same parameters recovered."""
+def test_recovery_under_the_graded_lead_time_reading_with_the_time_since_start_term():
+    """Issue 18's readings together (lead-time kernels, credibility grades, a baseline hazard that
+    falls with the time since the build-up began): every parameter recovered, the new one learned."""
+    import dataclasses
+
     from forecast import selection
 
     reading = next(c for c in selection.load_candidates(priors.load("default"), ["lead-graded"])
                    if c.name == "lead-graded").profile.reading
+    reading = dataclasses.replace(reading, crisis_age=True)
+    age = INDICATORS.index("crisis_age")
     params = _params()
+    params["beta"][age] = -0.4  # the hazard of week 15 is a third of week 0's: 1.5 prior sd from neutral
     sim = simulate.simulate(params, 60, 120, np.random.default_rng(12), estimates=(4, 10), reading=reading)
     panels = sim.panels()
     assert all(p.reading == reading for p in panels)
@@ -151,6 +157,8 @@ def test_recovery_under_the_graded_lead_time_reading():
     for name in ("alpha", "sigma_theater"):
         lo, hi = _interval(_draws(fitted.stage2, name))
         assert lo <= params[name] <= hi, (name, params[name], lo, hi)
+    learned = _draws(fitted.stage2, "beta")[:, age]
+    assert learned.std() < 0.8 * priors.load("default").beta_priors()[1][age], learned.std()
 
 
 @pytest.mark.slow

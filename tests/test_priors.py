@@ -124,6 +124,7 @@ def _sign_medical(text: str) -> str:
     (DEFAULT_TEXT + '\n[reading.credibility]\nconfirmed = 1\n', "reading.credibility", "every grade"),
     (DEFAULT_TEXT + '\n[reading.credibility]\nrumour = 1\n', "reading.credibility", "unknown key"),
     (DEFAULT_TEXT + '\n[reading]\nindicators = "no"\n', "reading.indicators", "true or false"),
+    (DEFAULT_TEXT + '\n[reading]\ncrisis_age = 1\n', "reading.crisis_age", "true or false"),
 ])
 def test_bad_profiles_are_refused_with_the_key_named(text, named, reason):
     with pytest.raises(ProfileError) as err:
@@ -187,6 +188,16 @@ def test_a_reading_round_trips_and_changes_the_hash():
     assert graded.hash != priors.load("default").hash
     edited = graded.with_values(name="analyst")  # a dashboard edit keeps the reading
     assert edited.reading == graded.reading and "[reading.lead_weeks]" in edited.text
+
+
+def test_a_profile_from_before_the_time_since_start_term_still_loads_and_the_term_is_off():
+    old = DEFAULT_TEXT.split("[indicators.crisis_age]")[0]
+    profile = priors.parse(old, "old-run/profile.toml")
+    assert profile.indicators["crisis_age"].value == 1 and not profile.reading.crisis_age
+    assert profile.hash != priors.load("default").hash  # its text, as written, is what it hashes
+    on = priors.parse(DEFAULT_TEXT + "\n[reading]\ncrisis_age = true\n")
+    assert on.reading.crisis_age and on.reading.uses("crisis_age") and not priors.load("default").reading.uses("crisis_age")
+    assert priors.parse(priors.render(on)).reading == on.reading
 
 
 @pytest.mark.parametrize("centre, low, high", [
