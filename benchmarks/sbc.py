@@ -36,7 +36,8 @@ About 13 s per replicate on 2 cores; 100 replicates take ~25 minutes.
 Writes benchmarks/sbc_results.json (after every replicate, so a stopped run keeps
 what it did) and benchmarks/sbc_ranks.png; with `--candidate NAME` the data are
 simulated and fitted under that evidence reading (issue 18: lead-time kernels,
-credibility grades, weekly density; the same sampled parameters) and the files are
+credibility grades, weekly density, the time-since-start term, whose beta is then
+ranked too) and the files are
 sbc_results-NAME.json and sbc_ranks-NAME.png.
 """
 
@@ -68,10 +69,14 @@ FIGURE = HERE / "sbc_ranks.png"
 TRACKED_BETAS = ["force_level", "force_growth", "overstay", "unit_arrivals", "sign_medical", "claim_verified"]
 
 
-def tracked() -> list[tuple[str, str, int | None]]:
-    """(label, variable, index) of every parameter whose rank is recorded."""
+def tracked(reading=READING) -> list[tuple[str, str, int | None]]:
+    """(label, variable, index) of every parameter whose rank is recorded.
+
+    The time-since-start term is tracked when the reading turns it on (else its covariate is 0
+    and its beta is only the prior)."""
     out = [("alpha", "alpha", None), ("sigma_theater", "sigma_theater", None)]
-    out += [(f"beta[{name}]", "beta", INDICATORS.index(name)) for name in TRACKED_BETAS]
+    betas = TRACKED_BETAS + (["crisis_age"] if reading.crisis_age else [])
+    out += [(f"beta[{name}]", "beta", INDICATORS.index(name)) for name in betas]
     out += [("drift", "drift", None)]
     out += [(f"bias[{s}]", "bias", i) for i, s in enumerate(SOURCE_TYPES)]
     out += [(f"noise[{s}]", "noise", i) for i, s in enumerate(SOURCE_TYPES)]
@@ -122,7 +127,7 @@ def replicate(i: int, params: dict, args, compiler=None, verify: bool = False) -
                     for stage, names in (("stage1", model.STAGE1_VARS), ("stage2", model.STAGE2_VARS))
                     for name in names)
     ranks = {}
-    for label, name, index in tracked():
+    for label, name, index in tracked(sim.reading):
         idata = fitted.stage1 if name in model.STAGE1_VARS else fitted.stage2
         draws = thinned(idata.posterior[name].values, args.thin)
         truth = np.asarray(params[name])
@@ -136,7 +141,7 @@ def replicate(i: int, params: dict, args, compiler=None, verify: bool = False) -
             "divergences": diagnostics["divergences"], "stage_seconds": diagnostics["stage_seconds"],
             **({"cache_check_max_abs_diff": check} if verify else {}),
             "truth": {label: float(np.asarray(params[name])[index] if index is not None else params[name])
-                      for label, name, index in tracked()}}
+                      for label, name, index in tracked(sim.reading)}}
 
 
 # --- summary ------------------------------------------------------------------------------
@@ -163,7 +168,7 @@ def uniformity(ranks: list[int], levels: int) -> dict:
 def summarise(done: list[dict], failed: list[dict], args, started: float, compiler=None) -> dict:
     levels = args.thin + 1
     params = {}
-    for label, _, _ in tracked():
+    for label, _, _ in tracked(reading_of(args.candidate)):
         ranks = [r["ranks"][label] for r in done]
         params[label] = {"ranks": ranks, **uniformity(ranks, levels),
                          "mean_rank_over_L": round(float(np.mean(ranks)) / args.thin, 4) if ranks else None}
