@@ -12,14 +12,20 @@ On a private temporary store with the bundled cases:
    imports (a fresh `import forecast.refit`, measured apart), data and features, compile, sampling, model
    building and filtering, prediction, summary and history (the run manifest's `timing`), and the rest
    (writing the run, the CLI's own work) -- so the next bottleneck is visible. Target: <= 15 s from the
-   second process on.
+   second process on;
+3. the same refit sent to a warm worker (`forecast.dispatch`): a `dask scheduler` and one `dask worker`
+   (one thread) started here as an operator starts them, then `forecast refit --scheduler ADDRESS`,
+   `--refits` times, each a fresh client process. The worker's first refit compiles (its private compile
+   directory is seeded from the warm one above); later ones reuse its compiled models and imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 FORECAST = REPO / ".venv" / "bin" / "forecast"
 PYTHON = REPO / ".venv" / "bin" / "python"
+DASK = REPO / ".venv" / "bin" / "dask"
 FLAGSHIP, AS_OF = "russia-ukraine-2022", "2022-02-15"
 
 
@@ -59,8 +66,9 @@ def startup(env: dict, repeats: int) -> dict:
     return out
 
 
-def refit_once(env: dict, imports: float) -> dict:
-    wall, done = timed([str(FORECAST), "refit", FLAGSHIP, "--as-of", AS_OF, "--json"], env, ok=(0, 3))  # 3: rejected
+def refit_once(env: dict, imports: float, *extra: str) -> dict:
+    wall, done = timed([str(FORECAST), "refit", FLAGSHIP, "--as-of", AS_OF, "--json", *extra], env,
+                       ok=(0, 3))  # 3: rejected
     doc = json.loads(done.stdout)
     manifest = json.loads((Path(env["FORECAST_RUNS_DIR"]) / FLAGSHIP / doc["run_id"] / "manifest.json").read_text())
     phases = manifest["timing"]
@@ -68,6 +76,46 @@ def refit_once(env: dict, imports: float) -> dict:
     return {"wall_seconds": round(wall, 2), "status": manifest["status"], "p30": doc["prob"]["30"]["mean"],
             "phases": {"imports": round(imports, 2), **phases, "writing_and_rest": round(rest, 2)},
             "ess_bulk_min": manifest["diagnostics"]["ess_bulk_min"], "r_hat_max": manifest["diagnostics"]["r_hat_max"]}
+
+
+@contextlib.contextmanager
+def warm_worker(env: dict):
+    """A `dask scheduler` and one single-threaded `dask worker` on 127.0.0.1; yields the address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    processes = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                   "--no-dashboard"], **quiet)]
+    try:
+        processes.append(subprocess.Popen([str(DASK), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                           "--no-dashboard"], **quiet))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+        yield address
+    finally:
+        for p in reversed(processes):
+            p.terminate()
+            p.wait(timeout=30)
+
+
+def on_warm_worker(env: dict, refits: int) -> dict:
+    with warm_worker(env) as address:
+        done = []
+        for i in range(refits):
+            done.append(refit_once(env, 0.0, "--scheduler", address))
+            log(f"warm worker, refit {i + 1}: {done[-1]['wall_seconds']} s {done[-1]['phases']}")
+    later = done[1:]
+    result = {"first_on_the_worker": done[0], "later": later,
+              "later_median_wall_seconds": round(statistics.median(r["wall_seconds"] for r in later), 2),
+              "later_median_phases": {k: round(statistics.median(r["phases"][k] for r in later), 2)
+                                      for k in later[0]["phases"] if k != "imports"},
+              "target_seconds": 15.0}
+    result["met"] = result["later_median_wall_seconds"] <= 15.0
+    return result
 
 
 def arguments(argv) -> argparse.Namespace:
@@ -105,8 +153,10 @@ def main(argv=None) -> int:
                   "target_seconds": 15.0},
     }
     results["refit"]["met"] = results["refit"]["later_median_wall_seconds"] <= 15.0
+    results["refit_on_a_warm_worker"] = on_warm_worker(env, args.refits)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     log(json.dumps(results["refit"]["later_median_phases"]))
+    log(json.dumps(results["refit_on_a_warm_worker"]["later_median_phases"]))
     return 0
 
 

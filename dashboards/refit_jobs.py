@@ -59,10 +59,11 @@ class RefitJob:
                 + (f", about {left:.0f} s left" if left > 0 else ", finishing") + ".")
 
     def _work(self) -> None:
-        from forecast import refit, store
+        from forecast import dispatch, store
 
         try:
-            self.run = refit.refit(store.engine(), self.theater, self.as_of, self.profile, self.settings)
+            # On the shared warm worker when FORECAST_SCHEDULER names one, else in this (long-lived) process.
+            self.run = dispatch.refit_anywhere(store.engine(), self.theater, self.as_of, self.profile, self.settings)
         except Exception as err:  # shown on the page; the thread must not die silently
             self.error = f"{type(err).__name__}: {err}"
         finally:

@@ -240,8 +240,9 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
     """Fit a theater as of a date, gate the fit, store the run and print its forecast."""
     if all_ and (theater is not None or as_of is not None):
         fail("--all refits every open theater as of its latest evidence: give no THEATER and no --as-of")
-    if not all_ and (workers is not None or scheduler):
-        fail("--workers and --scheduler spread the fits of `refit --all`; one theater's refit runs here")
+    if not all_ and workers is not None:
+        fail("--workers spreads the fits of `refit --all`; one theater's refit runs here, or on a "
+             "long-lived worker with --scheduler")
     if theater is None and not all_:
         fail("give a THEATER (or --all)")
     if sampler not in ("nutpie", "pymc"):
@@ -258,9 +259,9 @@ def refit_(theater: Optional[str] = typer.Argument(None, help="theater id (omit 
     runs.check_writable(theater)  # a read-only runs folder is found now, not after the fit
     settings = sampling.SamplerSettings(draws=draws, tune=tune, chains=chains, sampler=sampler)
     try:
-        from forecast import refit  # the model stack: only the commands that fit import it
+        from forecast import dispatch  # here: the model stack, only in the commands that fit
 
-        run = refit.refit(eng, theater, _as_of(as_of), _profile(prior_profile), settings)
+        run = dispatch.refit_anywhere(eng, theater, _as_of(as_of), _profile(prior_profile), settings, scheduler)
     except dataset.DatasetError as err:
         fail(str(err))
     doc = run.document()

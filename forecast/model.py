@@ -115,6 +115,20 @@ def stage1_knots(panels: list[TheaterPanel]) -> dict[str, np.ndarray]:
             "knot": np.array(knot), "y": np.array(y), "source": np.array(source)}
 
 
+STAGE1_BUCKET = (8, 64)  # latent sizes (starts, increments) a refit rounds up to: see stage1_bucket
+
+
+def stage1_bucket(panels: list[TheaterPanel]) -> tuple[int, int]:
+    """Stage 1's latent sizes rounded up to STAGE1_BUCKET, for a refit.
+
+    A theater's next refit usually brings a few more troop estimates; with the sizes rounded
+    up its stage-1 graph is unchanged, so a long-lived process (the dashboard, a warm Dask
+    worker) reuses the compiled model with the new data instead of compiling again.
+    """
+    first = stage1_knots(panels)["first"].astype(bool)
+    return tuple(-(-int(n) // b) * b for n, b in zip((first.sum(), (~first).sum()), STAGE1_BUCKET))
+
+
 def stage1_data(k: dict, pad: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """The knots as data: where first knots and increments sit, and their gaps (padded to `pad`)."""
     first = k["first"].astype(bool)

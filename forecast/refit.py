@@ -2,6 +2,10 @@
 
 The forecast of a run is computed here from its own posterior and stored with
 it; `show`, reports and the dashboard only read stored runs.
+It compiles through the process-wide `sampling.COMPILED`, with stage 1's sizes
+rounded up (`model.stage1_bucket`), so a long-lived process (the dashboard, a
+warm worker of `forecast.dispatch`) compiles a theater's model once and later
+refits only swap the data in.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ def refit(eng, theater: str, as_of: dt.date | None = None, profile: priors.Profi
     panels, as_of = dataset.from_store(eng, theater, as_of, reading=profile.reading)
     hashed = data_hash(panels)
     clock.lap("data")
-    fitted = model.fit(panels, theater, profile, settings, sample=sample)
+    fitted = model.fit(panels, theater, profile, settings, compiler=sampling.COMPILED,
+                       stage1_pad=model.stage1_bucket(panels), sample=sample)
     diagnostics = model.diagnostics(fitted)
     reasons = runs.gate(diagnostics)
     clock.lap("fit")

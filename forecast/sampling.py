@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -126,22 +127,37 @@ def fingerprint(pm_model, var_names) -> str:
 
 
 class CompileCache:
-    """A `compiler` for `sample`: nutpie-compiles each distinct graph once, then swaps its data."""
+    """A `compiler` for `sample`: nutpie-compiles each distinct graph once, then swaps its data.
 
-    def __init__(self):
+    It keeps the `limit` graphs used most recently (a long-lived process such as the dashboard or a
+    warm worker meets new graphs over time). Safe to share between threads: the dashboard runs
+    refits of several theaters at once.
+    """
+
+    def __init__(self, limit: int = 16):
         self.compiled: dict[str, object] = {}
         self.hits = 0
         self.misses = 0
+        self.limit = limit
+        self._lock = threading.Lock()
 
     def __call__(self, pm_model, var_names=None):
+        with self._lock:  # one compile at a time: two threads asking for one graph compile it once
+            return self._get(pm_model, var_names)
+
+    def _get(self, pm_model, var_names):
         import nutpie
 
         key = fingerprint(pm_model, var_names)
-        cached = self.compiled.get(key)
+        cached = self.compiled.pop(key, None)
         if cached is None:
             self.misses += 1
-            self.compiled[key] = nutpie.compile_pymc_model(pm_model, var_names=var_names)
-            return self.compiled[key]
+            cached = nutpie.compile_pymc_model(pm_model, var_names=var_names)
+            self.compiled[key] = cached
+            while len(self.compiled) > self.limit:
+                self.compiled.pop(next(iter(self.compiled)))  # the least recently used
+            return cached
+        self.compiled[key] = cached  # now the most recently used
         values = {v.name: v.get_value() for v in pm_model.data_vars}
         if not set(cached.shared_data) <= set(values):  # data the graph reads but the model lacks: recompile
             self.misses += 1

@@ -13,6 +13,7 @@ Option checks that need no cluster run in the fast lane.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -233,3 +234,43 @@ def test_unreachable_scheduler_is_one_line(initialised_cli):
     res = initialised_cli("backtest", "--case", "crimea-2014", "--scheduler", "tcp://127.0.0.1:9",
                           env={"FORECAST_SCHEDULER_TIMEOUT": "2"})
     assert res.exit_code == 1 and "could not reach the Dask scheduler at 'tcp://127.0.0.1:9'" in res.stderr
+
+
+# --- one refit on a long-lived worker (issue 19) -----------------------------------------------
+
+
+@slow
+def test_a_warm_worker_refits_without_compiling_again(initialised_cli):
+    """`forecast refit --scheduler`: the refit runs in a worker process, which keeps its compiled models.
+
+    Real sampling (few draws): the second refit of the flagship, a week later with more evidence,
+    reuses the worker's compiled stages instead of compiling again, and the runs land in the
+    client's runs folder. One worker, as a warm-worker deployment has (each worker warms up once)."""
+    from forecast import executor
+
+    warm = executor.Cluster.local(1)
+    try:
+        _refit_twice_on(warm.client.scheduler.address, initialised_cli)
+    finally:
+        warm.close()
+
+
+def _refit_twice_on(address: str, initialised_cli) -> None:
+    common = ["--draws", "60", "--tune", "60", "--chains", "2", "--scheduler", address, "--json"]
+    first = initialised_cli("refit", "russia-ukraine-2022", "--as-of", "2022-02-15", *common)
+    second = initialised_cli("refit", "russia-ukraine-2022", "--as-of", "2022-02-22", *common)
+    assert first.exit_code in (0, 3) and second.exit_code in (0, 3), first.stderr + second.stderr
+    from forecast import runs
+
+    made = {r.manifest["as_of"]: r for r in runs.history("russia-ukraine-2022")}
+    assert set(made) == {"2022-02-15", "2022-02-22"}
+    compile_first = made["2022-02-15"].manifest["diagnostics"]["compile_seconds"]
+    compile_second = made["2022-02-22"].manifest["diagnostics"]["compile_seconds"]
+    assert compile_second < 1.0 < compile_first, (compile_first, compile_second)
+    assert json.loads(second.stdout)["run_id"] == made["2022-02-22"].id
+
+
+def test_a_refit_sent_to_an_unreachable_scheduler_is_one_line(initialised_cli):
+    res = initialised_cli("refit", "crimea-2014", "--scheduler", "tcp://127.0.0.1:9",
+                          env={"FORECAST_SCHEDULER_TIMEOUT": "2"})
+    assert res.exit_code == 1 and "could not reach the Dask scheduler at 'tcp://127.0.0.1:9'" in res.stderr, res.stderr

@@ -319,3 +319,19 @@ def test_words_follow_the_estimative_bands():
              0.7: "likely", 0.9: "very likely", 0.99: "almost certain"}
     for p, word in cases.items():
         assert wording.words(p) == word
+
+
+def test_a_refits_stage1_sizes_are_rounded_up_so_the_next_weeks_refit_keeps_its_graph():
+    """model.stage1_bucket: the padded sizes hold the data's and do not change with one more week of estimates."""
+    sim = simulate.simulate(_params(), 8, 120, np.random.default_rng(4), estimates=(6, 10))
+    sizes = []
+    for cut in (60, 67):
+        panels = [build_panel(t, [r for r in sim.evidence if r.theater == t.id],
+                              cut=t.start + dt.timedelta(days=cut)) for t in sim.theaters]
+        knots = model.stage1_knots(panels)
+        n_start, n_step = int(knots["first"].sum()), int((~knots["first"].astype(bool)).sum())
+        bucket = model.stage1_bucket(panels)
+        assert bucket[0] >= n_start and bucket[1] >= n_step and bucket[0] % 8 == 0 and bucket[1] % 64 == 0
+        sizes.append((n_step, bucket))
+        model.build_stage1(panels, bucket)  # the padded model builds
+    assert sizes[0][0] < sizes[1][0] and sizes[0][1] == sizes[1][1], sizes  # more estimates, same graph
