@@ -92,7 +92,8 @@ def _label(idata, model):
 
 
 def fingerprint(pm_model, var_names) -> str:
-    """Hash of the model's log-density graph: ops, wiring, constants, data *names* (not their values).
+    """Hash of the model's log-density graph: ops, wiring, constants, data *names* (not their values),
+    and the parameters' shapes.
 
     Two models with the same fingerprint differ only in their pm.Data values, so one
     compiled model serves both.
@@ -123,6 +124,10 @@ def fingerprint(pm_model, var_names) -> str:
             ids[out] = f"n{i}.{j}:{out.type}"
     for rv in pm_model.free_RVs:
         digest.update(f"{rv.name}:{rv.type}".encode())
+    # A parameter's length can come from a coordinate (z: one per theater) and show as None in its
+    # type: two models alike but for their theater count must not share a compiled model.
+    for name, shape in sorted(pm_model.eval_rv_shapes().items()):
+        digest.update(f"{name}:{tuple(shape)}".encode())
     return digest.hexdigest()
 
 

@@ -335,3 +335,14 @@ def test_a_refits_stage1_sizes_are_rounded_up_so_the_next_weeks_refit_keeps_its_
         sizes.append((n_step, bucket))
         model.build_stage1(panels, bucket)  # the padded model builds
     assert sizes[0][0] < sizes[1][0] and sizes[0][1] == sizes[1][1], sizes  # more estimates, same graph
+
+
+def test_models_that_differ_only_in_their_theater_count_never_share_a_compiled_model():
+    """The compile cache's key holds the parameters' shapes: z's length comes from a coordinate (None in its type)."""
+    keys = set()
+    for n in (3, 5):
+        panels = simulate.simulate(_params(), n, 40, np.random.default_rng(1)).panels()
+        rows = sum(len(p.days) for p in panels)
+        keys.add(sampling.fingerprint(model.build_stage2(panels, np.zeros((model.N_PATHS, rows, 2)),
+                                                         priors.load("default")), model.STAGE2_VARS))
+    assert len(keys) == 2
