@@ -17,7 +17,7 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from forecast import config, executor, priors, runs, sampling, store
+from forecast import executor, priors, runs, sampling, store
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def refit_job(request: Request, context: tuple[priors.Profile, sampling.SamplerS
     from forecast import refit  # the model stack: loaded once per worker process
 
     profile, settings = context
-    return str(refit.refit(store.engine(config.db_url()), request.theater, request.as_of, profile, settings).path)
+    return str(refit.refit(store.engine(), request.theater, request.as_of, profile, settings).path)
 
 
 def refit_anywhere(eng, theater: str, as_of: dt.date | None, profile: priors.Profile,

@@ -246,28 +246,24 @@ def test_a_warm_worker_refits_without_compiling_again(initialised_cli):
     Real sampling (few draws): the second refit of the flagship, a week later with more evidence,
     reuses the worker's compiled stages instead of compiling again, and the runs land in the
     client's runs folder. One worker, as a warm-worker deployment has (each worker warms up once)."""
+    import contextlib
+
     from forecast import executor
 
-    warm = executor.Cluster.local(1)
-    try:
-        _refit_twice_on(warm.client.scheduler.address, initialised_cli)
-    finally:
-        warm.close()
+    with contextlib.closing(executor.Cluster.local(1)) as warm:
+        address = warm.client.scheduler.address
+        common = ["--draws", "60", "--tune", "60", "--chains", "2", "--scheduler", address, "--json"]
+        first = initialised_cli("refit", "russia-ukraine-2022", "--as-of", "2022-02-15", *common)
+        second = initialised_cli("refit", "russia-ukraine-2022", "--as-of", "2022-02-22", *common)
+        assert first.exit_code in (0, 3) and second.exit_code in (0, 3), first.stderr + second.stderr
+        from forecast import runs
 
-
-def _refit_twice_on(address: str, initialised_cli) -> None:
-    common = ["--draws", "60", "--tune", "60", "--chains", "2", "--scheduler", address, "--json"]
-    first = initialised_cli("refit", "russia-ukraine-2022", "--as-of", "2022-02-15", *common)
-    second = initialised_cli("refit", "russia-ukraine-2022", "--as-of", "2022-02-22", *common)
-    assert first.exit_code in (0, 3) and second.exit_code in (0, 3), first.stderr + second.stderr
-    from forecast import runs
-
-    made = {r.manifest["as_of"]: r for r in runs.history("russia-ukraine-2022")}
-    assert set(made) == {"2022-02-15", "2022-02-22"}
-    compile_first = made["2022-02-15"].manifest["diagnostics"]["compile_seconds"]
-    compile_second = made["2022-02-22"].manifest["diagnostics"]["compile_seconds"]
-    assert compile_second < 1.0 < compile_first, (compile_first, compile_second)
-    assert json.loads(second.stdout)["run_id"] == made["2022-02-22"].id
+        made = {r.manifest["as_of"]: r for r in runs.history("russia-ukraine-2022")}
+        assert set(made) == {"2022-02-15", "2022-02-22"}
+        compile_first = made["2022-02-15"].manifest["diagnostics"]["compile_seconds"]
+        compile_second = made["2022-02-22"].manifest["diagnostics"]["compile_seconds"]
+        assert compile_second < 1.0 < compile_first, (compile_first, compile_second)
+        assert json.loads(second.stdout)["run_id"] == made["2022-02-22"].id
 
 
 def test_a_refit_sent_to_an_unreachable_scheduler_is_one_line(initialised_cli):
