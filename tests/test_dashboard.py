@@ -161,8 +161,10 @@ def test_prior_change_moves_the_headline_instantly_without_sampling(sampled_stor
     assert run_folders() == folders, "a prior change must not create a run"
     reweight_ms = at.session_state["timing:reweight_ms"]
     print(f"prior change: page rerun {elapsed * 1000:.0f} ms, reweighting {reweight_ms:.0f} ms")
-    assert reweight_ms < 1000
-    assert elapsed < 1.0, f"the page took {elapsed:.2f} s to update"
+    # Its speed is measured by benchmarks/live_loop.py; this bound only catches a page that samples
+    # or hangs, with room for a loaded CI machine.
+    assert reweight_ms < 5000
+    assert elapsed < 5.0, f"the page took {elapsed:.2f} s to update"
     banner = texts(at.info) + texts(at.warning)
     assert "Priors adjusted" in banner and "Pareto k" in banner
     assert any("vs stored run" in (m.delta or "") for m in at.metric)
