@@ -388,10 +388,10 @@ def forecast_cmd() -> list[str]:
 
 def backtest_scope(eng) -> dict:
     """What the full backtest runs: closed cases, their weekly as-of dates, the public-record fits."""
-    from forecast import backtest, store
+    from forecast import public_record, reference_class, store
 
-    cases = backtest.load_cases(store.load_theaters(eng), store.load_evidence(eng))
-    public = backtest.public_forecasts(REPO / "data" / backtest.PUBLIC_FORECASTS)
+    cases = reference_class.load_cases(store.load_theaters(eng), store.load_evidence(eng))
+    public = public_record.load(REPO / "data" / public_record.PUBLIC_FORECASTS)
     public_fits = sum(len(q["forecasts"]) for q in public["questions"] if q["theater"] in cases)
     return {"cases": len(cases), "as_of_points": {cid: len(c.as_of_dates()) for cid, c in cases.items()},
             "public_record_fits": public_fits, "fits": len(cases) + public_fits}
@@ -404,10 +404,7 @@ def bench_backtest(eng, env: dict, full: bool, cases: list[str]) -> dict:
         return {"measured": False,
                 "note": "not measured: `forecast backtest` does not exist yet in this checkout "
                         f"(`forecast backtest --help` exited {probe.returncode}); rerun the benchmark once it lands"}
-    try:
-        scope = backtest_scope(eng)
-    except Exception as err:  # the backtest module is under active development
-        return {"measured": False, "note": f"not measured: could not read the backtest's scope ({err!r})"}
+    scope = backtest_scope(eng)
     args = [*forecast_cmd(), "backtest", "--json", "--out", str(Path(env["FORECAST_RUNS_DIR"]).parent / "backtest")]
     if not full:
         for case in cases:

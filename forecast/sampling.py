@@ -22,15 +22,21 @@ import numpy as np
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    draws: int = 1000
-    tune: int = 700
+    # No more draws than the gate (bulk ESS >= 400) needs, with room to spare. Measured on the flagship
+    # refit (57 cases, 3 seeds x 2 as-of dates, benchmarks/sampler_budget.json): stage 2 keeps 0.30-0.47
+    # bulk ESS per draw (limit: sigma_theater), so 4 x 600 draws give >= 1.8x the gate; tuning past 400
+    # steps bought no ESS (README, "The sampler budget").
+    draws: int = 600
+    tune: int = 400
     chains: int = 4
     cores: int = 2
     # Stage 1's level/noise geometry needs small steps: it diverged at 0.9 on the 26 cases, and at 0.97
     # once or twice in 12,000 draws on the 55 (the drift funnel; 3 seeds x 2 as-of dates, none at 0.99).
     # Stage 2's correlated indicators mix best with nutpie's low-rank mass matrix.
     stage1_target_accept: float = 0.99
-    stage1_draws_factor: int = 3  # stage 1 is cheap (~1 s) but its noise terms mix slowly: draw more
+    # Stage 1's drift mixes slowly (0.05-0.08 bulk ESS per draw, a sixth of stage 2's) but each of its
+    # draws is cheap: it draws 5x as many, for an ESS like stage 2's.
+    stage1_draws_factor: int = 5
     stage2_target_accept: float = 0.9
     seed: int = 20220224
     sampler: str = "nutpie"  # or "pymc"

@@ -148,8 +148,9 @@ def test_recovery_under_the_graded_lead_time_reading_with_the_time_since_start_t
     panels = sim.panels()
     assert all(p.reading == reading for p in panels)
     fitted = model.fit(panels, panels[-1].id, priors.load("default"),
-                       sampling.SamplerSettings(draws=300, tune=400, seed=12, **SMALL))
+                       sampling.SamplerSettings(draws=500, tune=500, seed=12, **SMALL))
     d = model.diagnostics(fitted)
+    # sigma_theater mixes slowest: at 2 x 300 draws its bulk ESS was 65 on one CPU, R-hat 1.05.
     assert d["divergences"] == 0 and d["r_hat_max"] < 1.05 and d["ess_bulk_min"] > 100, d
     lo, hi = _interval(_draws(fitted.stage2, "beta"), 0.99)
     outside = [n for n, t, a, b in zip(INDICATORS, params["beta"], lo, hi) if not a <= t <= b]
