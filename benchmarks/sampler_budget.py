@@ -38,22 +38,15 @@ def log(message: str) -> None:
 
 def one_fit(eng, as_of: dt.date, settings) -> dict:
     """Fit the flagship as of `as_of` and report what the budget bought."""
-    import arviz as az
-
     from forecast import dataset, model, predict, priors, runs, sampling
 
     profile = priors.load("default")
     panels, _ = dataset.from_store(eng, FLAGSHIP, as_of, reading=profile.reading)
     fit = model.fit(panels, FLAGSHIP, profile, settings, compiler=sampling.COMPILED,
                     stage1_pad=model.stage1_bucket(panels))
-    stages = {}
-    for name, idata, names in (("stage1", fit.stage1, model.STAGE1_VARS), ("stage2", fit.stage2, model.STAGE2_VARS)):
-        summary = az.summary(idata, var_names=names, kind="diagnostics")
-        stages[name] = {"sampling_seconds": round(fit.seconds[f"{name}_sampling"], 2),
-                        "ess_bulk_min": round(float(summary["ess_bulk"].min())),
-                        "limiting_param": str(summary["ess_bulk"].idxmin()),
-                        "r_hat_max": round(float(summary["r_hat"].max()), 4),
-                        "divergences": int(idata.sample_stats["diverging"].sum())}
+    stages = {name: {"sampling_seconds": round(fit.seconds[f"{name}_sampling"], 2), **stage,
+                     "ess_bulk_min": round(stage["ess_bulk_min"]), "r_hat_max": round(stage["r_hat_max"], 4)}
+              for name, stage in model.stage_diagnostics(fit).items()}
     draws = predict.draws_for(fit.panel(FLAGSHIP), fit.stage1.posterior, fit.stage2.posterior, seed=settings.seed)
     return {"as_of": str(as_of), "seed": settings.seed, "stages": stages,
             "sampling_seconds": round(sum(s["sampling_seconds"] for s in stages.values()), 2),
@@ -73,7 +66,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="sampler-budget-"))
     os.environ.update({"FORECAST_DB_URL": f"sqlite:///{folder / 'store.db'}", "FORECAST_RUNS_DIR": str(folder / "runs")})
     subprocess.run([str(REPO / ".venv" / "bin" / "forecast"), "init"], check=True, capture_output=True)
-    from forecast import sampling, store
+    from forecast import runs, safe_write, sampling, store
 
     eng = store.engine()
     current = sampling.SamplerSettings(progressbar=False)
@@ -90,13 +83,11 @@ def main() -> None:
     summary = {name: {**summarise(fits), "settings": {k: getattr(budgets[name], k) for k in EARLIER}}
                for name, fits in results.items()}
     doc = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": f"{os.cpu_count()} cores",
-           "load_average_at_end": list(os.getloadavg()), "gate_ess": 400, "summary": summary,
+           "load_average_at_end": list(os.getloadavg()), "gate_ess": runs.GATE["ess_bulk_min"], "summary": summary,
            "sampling_ratio_current_to_earlier": round(summary["current"]["median_sampling_seconds"]
                                                       / summary["earlier"]["median_sampling_seconds"], 3),
            "fits": results}
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(args.out)
+    safe_write.write_text(args.out, json.dumps(doc, indent=1))
     log(f"wrote {args.out}: sampling {summary['earlier']['median_sampling_seconds']} s -> "
         f"{summary['current']['median_sampling_seconds']} s (ratio {doc['sampling_ratio_current_to_earlier']})")
 

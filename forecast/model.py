@@ -372,17 +372,24 @@ def with_log_likelihood(stage2):
     return stage2
 
 
-def diagnostics(fit: Fit) -> dict:
-    """Convergence over both stages: max R-hat, min bulk ESS, divergences (of the sampled parameters)."""
+def stage_diagnostics(fit: Fit) -> dict[str, dict]:
+    """Per stage: max R-hat, min bulk ESS and the parameter that sets it, divergences (sampled parameters)."""
     import arviz as az
 
-    r_hat, ess, divergences = [], [], 0
-    for idata, names in ((fit.stage1, STAGE1_VARS), (fit.stage2, STAGE2_VARS)):
+    out = {}
+    for stage, idata, names in (("stage1", fit.stage1, STAGE1_VARS), ("stage2", fit.stage2, STAGE2_VARS)):
         summary = az.summary(idata, var_names=names, kind="diagnostics")
-        r_hat.append(float(summary["r_hat"].max()))
-        ess.append(float(summary["ess_bulk"].min()))
-        divergences += int(idata.sample_stats["diverging"].sum())
-    return {"r_hat_max": max(r_hat), "ess_bulk_min": min(ess), "divergences": divergences,
+        out[stage] = {"r_hat_max": float(summary["r_hat"].max()), "ess_bulk_min": float(summary["ess_bulk"].min()),
+                      "limiting_param": str(summary["ess_bulk"].idxmin()),
+                      "divergences": int(idata.sample_stats["diverging"].sum())}
+    return out
+
+
+def diagnostics(fit: Fit) -> dict:
+    """Convergence over both stages: max R-hat, min bulk ESS, divergences (of the sampled parameters)."""
+    stages = stage_diagnostics(fit).values()
+    return {"r_hat_max": max(s["r_hat_max"] for s in stages), "ess_bulk_min": min(s["ess_bulk_min"] for s in stages),
+            "divergences": sum(s["divergences"] for s in stages),
             "sampling_seconds": round(sum(v for k, v in fit.seconds.items() if k.endswith("_sampling")), 2),
             "compile_seconds": round(sum(v for k, v in fit.seconds.items() if k.endswith("_compile")), 2),
             "stage_seconds": {k: round(v, 2) for k, v in fit.seconds.items()}}
